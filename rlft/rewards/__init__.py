@@ -1,0 +1,7 @@
+"""Rewards: the interface (``base``) and the built-in adapters. See docs/rewards.md."""
+
+from .base import REGISTRY, Reward, RewardError, RewardResult, compute, register, required_columns, resolve
+from .text import bleu, exact_match
+
+__all__ = ["REGISTRY", "Reward", "RewardError", "RewardResult", "compute", "register", "required_columns",
+           "resolve", "bleu", "exact_match"]
