@@ -2,6 +2,7 @@
 
 from .base import REGISTRY, Reward, RewardError, RewardResult, compute, register, required_columns, resolve
 from . import shape, text
+from . import human  # noqa: F401  (registers the 'human' reward)
 from .base import check_columns, report
 from .text import bleu, exact_match
 
