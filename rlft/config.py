@@ -1,0 +1,327 @@
+"""One tree of dataclasses for a run: model, data, rollout, rewards, algo, optim, train, log, sft.
+
+Each field is documented once, where it is declared (``doc=``); that text is also the CLI help
+(``rlft train --help-config``). A config is loaded from YAML, then dotted ``key=value`` overrides apply,
+then it is validated and never changed again. Unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key, value or combination that cannot be used; the message names it."""
+
+
+def opt(default, doc: str, choices: tuple | None = None):
+    """A config field with its documentation (and allowed values) declared in one place."""
+    meta = {"doc": doc, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    path: str = opt("", "Local folder or hub id of an AutoModelForCausalLM (and its tokenizer).")
+    tokenizer: str = opt("", "Tokenizer folder or hub id, when it differs from `path`.")
+    dtype: str = opt("float32", "Weights dtype.", ("float32", "bfloat16", "float16"))
+    device: str = opt("auto", "`auto` picks cuda when present, else cpu; or `cpu`, `cuda`, `cuda:1`.")
+    chat_template: str = opt("auto", "Wrap prompts with the tokenizer's chat template: auto (when it has one), "
+                             "on, off.", ("auto", "on", "off"))
+    add_bos: str = opt("auto", "Prepend BOS to prompts: auto (when the tokenizer itself adds one), on, off.",
+                       ("auto", "on", "off"))
+    trust_remote_code: bool = opt(False, "Allow model code from the hub (transformers' trust_remote_code).")
+    revision: str = opt("", "Hub revision (branch, tag or commit) to load.")
+
+
+@dataclass
+class DataConfig:
+    train: str = opt("", "Training prompts: a .jsonl, .csv or .parquet file.")
+    eval: str = opt("", "Evaluation prompts (same format); empty to split `eval_fraction` off `train`.")
+    eval_fraction: float = opt(0.0, "Fraction of `train` held out for evaluation when `eval` is empty.")
+    prompt_column: str = opt("prompt", "Column holding the prompt text (or a list of chat messages).")
+    reference_column: str = opt("reference", "Column holding the reference completion(s); passed to rewards "
+                                "as `reference` and used by `sft`.")
+    template: str = opt("{prompt}", "Python format string turning a row into the prompt text; any column "
+                        "can appear, e.g. 'Translate: {prompt}\\n'.")
+    system: str = opt("", "System message for chat models (only with a chat template).")
+    shuffle: bool = opt(True, "Shuffle the prompts each epoch (seeded; a resumed run continues exactly).")
+    max_prompt_tokens: int = opt(256, "Longest prompt in tokens; longer ones are handled by `long_prompts`.")
+    long_prompts: str = opt("truncate", "Prompts over `max_prompt_tokens`: truncate from the left (counted), "
+                            "skip (counted), or error.", ("truncate", "skip", "error"))
+    bad_rows: str = opt("error", "A row that cannot be read: error (naming file and line) or skip (counted).",
+                        ("error", "skip"))
+
+
+@dataclass
+class RolloutConfig:
+    batch_prompts: int = opt(8, "Prompts per step (B). Each is sampled `num_generations` times.")
+    num_generations: int = opt(4, "Completions per prompt (G), the group for rloo / grpo.")
+    max_new_tokens: int = opt(64, "Longest completion in tokens.")
+    temperature: float = opt(1.0, "Sampling temperature; 0 = greedy. Log-probs in the loss use the same one.")
+    top_k: int = opt(0, "Sample only from the k most likely tokens; 0 = off.")
+    top_p: float = opt(1.0, "Nucleus sampling: the smallest set with this much probability; 1 = off.")
+    stop: list = opt([], "Stop strings: a completion ends when its text ends with one (kept in the tokens, "
+                     "removed from the text the rewards see).")
+    engine: str = opt("rlft", "rlft (own KV-cached loop) or hf (transformers.generate).", ("rlft", "hf"))
+
+
+@dataclass
+class RewardSpec:
+    fn: str = opt("", "A built-in name (bleu, exact_match, ...), 'package.module:function' or "
+                  "'path/to/file.py:function'.")
+    name: str = opt("", "Name in the metrics (`reward/<name>`); defaults to the function's name.")
+    weight: float = opt(1.0, "Weight in the summed reward.")
+    args: dict = opt({}, "Extra keyword arguments passed to the reward.")
+
+
+@dataclass
+class RewardsConfig:
+    components: list = opt([], "The rewards, summed with their weights. In YAML, `rewards:` may be this "
+                           "list directly.")
+    normalize: str = opt("none", "none, or group: standardise each component within its group before "
+                         "summing.", ("none", "group"))
+    on_error: str = opt("raise", "A reward that raises or returns NaN/inf: raise (stop, naming reward, step "
+                        "and sample) or drop (the sample gets no gradient; counted).", ("raise", "drop"))
+
+
+ESTIMATORS = ("reinforce", "value", "rloo", "grpo", "reinforce_pp", "remax")
+
+
+@dataclass
+class AlgoConfig:
+    estimator: str = opt("grpo", "How rewards become advantages (DESIGN.md, 'The math').", ESTIMATORS)
+    baseline: str = opt("batch", "reinforce only: none, ema (moving average of returns), batch (batch mean).",
+                        ("none", "ema", "batch"))
+    ema_decay: float = opt(0.9, "reinforce with baseline ema: b <- decay * b + (1 - decay) * mean return.")
+    scale: str = opt("group", "grpo only: divide by the group std, the batch std, or not (none = Dr. GRPO).",
+                     ("group", "batch", "none"))
+    group_baseline: bool = opt(False, "reinforce_pp only: subtract the group mean reward before whitening.")
+    gamma: float = opt(1.0, "Discount for returns R_t = sum_k gamma^(k-t) r_k.")
+    filter_groups: bool = opt(False, "Drop groups whose rewards are all equal and sample again (DAPO).")
+    max_filter_rounds: int = opt(3, "With filter_groups: extra sampling rounds before training on what there is.")
+    num_iterations: int = opt(1, "Passes over each rollout; 1 = plain REINFORCE (ratio exactly 1).")
+    mini_batches: int = opt(1, "Optimizer steps per pass over the rollout.")
+    eps_low: float = opt(0.2, "Ratio clip below: clip(rho, 1 - eps_low, ...).")
+    eps_high: float = opt(0.2, "Ratio clip above: clip(rho, ..., 1 + eps_high) (DAPO uses 0.28).")
+    kl_coef: float = opt(0.0, "Weight of the KL to the reference (initial) policy; 0 = no reference model.")
+    kl_estimator: str = opt("k3", "KL estimator on d = logp - ref_logp: k1 = d, k2 = d^2/2, k3 = e^-d - 1 + d.",
+                            ("k1", "k2", "k3"))
+    kl_in: str = opt("loss", "Put the KL in the loss, or subtract kl_coef * k1 from the per-token reward.",
+                     ("loss", "reward"))
+    entropy_coef: float = opt(0.0, "Weight of the entropy bonus.")
+    agg: str = opt("token_mean", "Loss aggregation over the batch.",
+                   ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_sum_norm"))
+    mask_truncated: bool = opt(False, "Leave completions cut by max_new_tokens out of the loss.")
+    value_coef: float = opt(0.5, "value estimator: weight of the value head's MSE loss.")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = opt(1e-5, "Peak learning rate (AdamW).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    betas: list = opt([0.9, 0.999], "AdamW betas.")
+    max_grad_norm: float = opt(1.0, "Clip the gradient norm to this; 0 = off.")
+    warmup_steps: int = opt(0, "Linear warmup, in optimizer steps.")
+    schedule: str = opt("constant", "Learning rate after warmup.", ("constant", "cosine"))
+    micro_batch_size: int = opt(8, "Sequences per forward/backward; gradients accumulate exactly over the rest.")
+
+
+@dataclass
+class SFTConfig:
+    steps: int = opt(0, "Supervised warm-start steps on (prompt, reference) before RL; 0 = none.")
+    lr: float = opt(1e-3, "Learning rate of the warm start.")
+    batch_size: int = opt(16, "Examples per warm-start step.")
+    warmup_steps: int = opt(0, "Linear warmup of the warm start.")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = opt(100, "RL steps (one rollout each).")
+    seed: int = opt(0, "Seeds data order, sampling, and initialisation of new parts.")
+    out: str = opt("runs/rlft", "Run folder: config, metrics.jsonl, samples, checkpoints.")
+    eval_every: int = opt(0, "Greedy evaluation on the eval split every this many steps (and at the end); 0 = "
+                          "only at the end when there is an eval split.")
+    eval_max_prompts: int = opt(256, "At most this many eval prompts.")
+    save_every: int = opt(0, "Checkpoint every this many steps (and at the end); 0 = only at the end.")
+    keep_checkpoints: int = opt(2, "Keep the newest this many checkpoints; 0 = keep all.")
+
+
+@dataclass
+class LogConfig:
+    console: bool = opt(True, "A progress bar and one line per step on the console.")
+    samples_every: int = opt(10, "Show and save a table of samples every this many steps; 0 = never.")
+    num_samples: int = opt(4, "Samples per table.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @staticmethod
+    def load(path: str | Path | None = None, overrides: list[str] | None = None) -> "Config":
+        """YAML file, then ``key=value`` overrides; validated. ``Config.load()`` gives the defaults."""
+        raw: dict = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            try:
+                raw = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+            if not isinstance(raw, dict):
+                raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(raw).__name__}")
+        for item in overrides or []:
+            key, eq, value = item.partition("=")
+            if not eq or not key:
+                raise ConfigError(f"override {item!r} must look like key=value (e.g. algo.estimator=rloo)")
+            node = raw
+            parts = key.strip().split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {item!r}: {p} is not a section")
+            node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+        return Config.from_dict(raw)
+
+    @staticmethod
+    def from_dict(raw: dict) -> "Config":
+        raw = dict(raw)
+        if isinstance(raw.get("rewards"), list):  # sugar: `rewards: [...]` is rewards.components
+            raw["rewards"] = {"components": raw["rewards"]}
+        cfg = _build(Config, raw, "")
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def reward_specs(self) -> list[RewardSpec]:
+        return self.rewards.components
+
+    def validate(self) -> None:
+        """Cross-field checks; each error names the keys involved."""
+        r, a = self.rollout, self.algo
+        needs_groups = a.estimator in ("rloo", "grpo") or (a.estimator == "reinforce_pp" and a.group_baseline)
+        if needs_groups and r.num_generations < 2:
+            raise ConfigError(f"algo.estimator={a.estimator} compares the samples of one prompt, so "
+                              f"rollout.num_generations must be >= 2 (got {r.num_generations})")
+        for key, v in [("rollout.batch_prompts", r.batch_prompts), ("rollout.num_generations", r.num_generations),
+                       ("rollout.max_new_tokens", r.max_new_tokens), ("optim.micro_batch_size",
+                       self.optim.micro_batch_size), ("algo.num_iterations", a.num_iterations),
+                       ("algo.mini_batches", a.mini_batches), ("data.max_prompt_tokens", self.data.max_prompt_tokens)]:
+            if v < 1:
+                raise ConfigError(f"{key} must be >= 1 (got {v})")
+        n = r.batch_prompts * r.num_generations
+        if n % a.mini_batches or (n // a.mini_batches) % r.num_generations:
+            raise ConfigError(f"the batch of rollout.batch_prompts * rollout.num_generations = {n} samples cannot "
+                              f"be split into algo.mini_batches={a.mini_batches} parts of whole prompt groups")
+        if r.temperature < 0 or not 0 < r.top_p <= 1 or r.top_k < 0:
+            raise ConfigError(f"rollout sampling settings out of range: temperature={r.temperature} (>= 0), "
+                              f"top_p={r.top_p} (0 < p <= 1), top_k={r.top_k} (>= 0)")
+        if not 0 <= a.gamma <= 1:
+            raise ConfigError(f"algo.gamma must be in [0, 1] (got {a.gamma})")
+        if self.data.eval_fraction and not 0 < self.data.eval_fraction < 1:
+            raise ConfigError(f"data.eval_fraction must be in (0, 1) (got {self.data.eval_fraction})")
+        for i, spec in enumerate(self.rewards.components):
+            if not spec.fn:
+                raise ConfigError(f"rewards.components[{i}].fn is empty: name a reward (e.g. fn: bleu)")
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<top>'} must be a mapping, got {raw!r}")
+    fields = _fields(cls)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            full = prefix + str(key)
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix + near[0]}?" if near else f"; valid keys here: {', '.join(fields)}"
+            raise ConfigError(f"unknown config key {full!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, prefix + key, fields[key])
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, key: str, f: dataclasses.Field):
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if key == "rewards.components":
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key} must be a list of rewards, got {value!r}")
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                item = {"fn": item}
+            out.append(_build(RewardSpec, item, f"{key}[{i}]."))
+        return out
+    origin = typing.get_origin(tp)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        list: lambda v: isinstance(v, list),
+        dict: lambda v: isinstance(v, dict),
+    }.get(origin or tp)
+    if ok is None and (origin in (typing.Union, types.UnionType)):
+        ok = lambda v: True  # noqa: E731
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-5` as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if ok is not None and not ok(value):
+        name = getattr(tp, "__name__", str(tp))
+        raise ConfigError(f"config key {key} = {value!r} has type {type(value).__name__}; expected {name}")
+    if tp is float:
+        value = float(value)
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"config key {key} = {value!r} is not one of {', '.join(map(str, choices))}{hint}")
+    return value
+
+
+def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every field: the CLI's `--help-config`."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, prefix + f.name + ".")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            doc = f.metadata.get("doc", "")
+            rows.append((prefix + f.name, repr(default), doc))
+    return rows

@@ -1,0 +1,193 @@
+"""The policy: any AutoModelForCausalLM with its tokenizer, prompt encoding, and per-token log-probs.
+
+`completion_logp` is the one place where log-probs of given completions are computed (for the loss,
+the old policy and the reference policy). It runs the backbone once over prompt + completion and
+applies the output head only at completion positions, in chunks, so no float32 [B, L, V] tensor exists.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError, ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_policy(cfg: ModelConfig):
+    """Load model and tokenizer from a local folder or a hub id; fix what real checkpoints lack."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not cfg.path:
+        raise ConfigError("model.path is empty: give a local model folder or a hub id")
+    local = Path(cfg.path).expanduser()
+    looks_local = cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") > 1
+    if looks_local and not local.exists():
+        raise ConfigError(f"model.path {cfg.path} does not exist (a local folder was expected; hub ids look "
+                          f"like 'org/name')")
+    kw = dict(trust_remote_code=cfg.trust_remote_code, **({"revision": cfg.revision} if cfg.revision else {}))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=DTYPES[cfg.dtype], **kw)
+    except OSError as e:
+        where = "from the local folder" if local.exists() else "(not a local folder; tried it as a hub id)"
+        raise ConfigError(f"cannot load model.path {cfg.path!r} {where}: {e}") from None
+    model.to(pick_device(cfg.device))
+    prepare_tokenizer(tokenizer, model)
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer, model) -> None:
+    """Pad token (many checkpoints have none: reuse EOS), left padding for prompts, and the model's
+    full list of EOS ids (generation_config.json may list several) as ``tokenizer.rlft_eos_ids``."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    tokenizer.padding_side = "left"
+    tokenizer.rlft_eos_ids = eos_ids(tokenizer, model)
+
+
+def eos_ids(tokenizer, model) -> list[int]:
+    ids: list[int] = []
+    for src in (getattr(model, "generation_config", None), model.config, tokenizer):
+        v = getattr(src, "eos_token_id", None)
+        for i in ([v] if isinstance(v, int) else (v or [])):
+            if i not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def format_prompt(tokenizer, text_or_messages, *, chat_template: str = "auto", system: str = "") -> str:
+    """The prompt as the model sees it: through the chat template for chat models, else as given."""
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    use = chat_template == "on" or (chat_template == "auto" and has_template)
+    if chat_template == "on" and not has_template:
+        raise ConfigError("model.chat_template=on but the tokenizer has no chat template")
+    if not use:
+        if not isinstance(text_or_messages, str):
+            raise ConfigError("a prompt is a list of chat messages but the tokenizer has no chat template")
+        return text_or_messages
+    messages = text_or_messages
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if system and not any(m.get("role") == "system" for m in messages):
+        messages = [{"role": "system", "content": system}] + list(messages)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompt(tokenizer, text: str, add_bos: str = "auto") -> list[int]:
+    """Token ids of a formatted prompt, with BOS exactly once when the model expects one.
+
+    Encoding without special tokens and adding BOS ourselves avoids the double BOS of a chat template that
+    already writes it in the text."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is None or add_bos == "off":
+        return ids
+    if add_bos == "auto":
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        if not probe or probe[0] != bos:
+            return ids
+    return ids if ids[:1] == [bos] else [bos] + ids
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, P] ids and mask, padded on the left so every prompt ends at the same column."""
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding (as transformers.generate computes them)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def output_head(model):
+    """The backbone, the LM head, and the model's logit post-processing (soft-capping, scaling)."""
+    cfg = model.config
+    scale = getattr(cfg, "logit_scale", None)
+    cap = getattr(cfg, "final_logit_softcapping", None)
+
+    def head(h):
+        logits = model.get_output_embeddings()(h)
+        if scale is not None:
+            logits = logits * scale
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return model.base_model, head
+
+
+@dataclass
+class TokenStats:
+    logp: torch.Tensor               # [N, T] log pi(a_t | s_t) at the sampling temperature
+    entropy: torch.Tensor | None     # [N, T] entropy of pi(. | s_t), when asked for
+    hidden: torch.Tensor | None      # [N, T, H] last hidden state at s_t, when asked for (value head)
+
+
+def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float = 1.0,
+                    with_entropy: bool = False, with_hidden: bool = False, chunk_tokens: int = 4096) -> TokenStats:
+    """Per-token log-probs of the completions under ``model``.
+
+    One backbone forward over prompt + completion; the head runs only on the T completion positions,
+    ``chunk_tokens`` positions at a time, with the log-softmax in float32 per chunk.
+    """
+    n, p = prompt_ids.shape
+    t = completion_ids.shape[1]
+    ids = torch.cat([prompt_ids, completion_ids], 1)                      # [N, P+T]
+    mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)
+    backbone, head = output_head(model)
+    h = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                 use_cache=False).last_hidden_state                       # [N, P+T, H]
+    h = h[:, p - 1:p - 1 + t]                                              # states s_t predicting a_t: [N, T, H]
+    flat_h = h.reshape(n * t, -1)
+    flat_y = completion_ids.reshape(-1)
+    logps, ents = [], []
+    temp = temperature if temperature > 0 else 1.0
+    for s in range(0, n * t, chunk_tokens):
+        logits = head(flat_h[s:s + chunk_tokens]).float() / temp           # [chunk, V]
+        lsm = F.log_softmax(logits, -1)
+        logps.append(lsm.gather(-1, flat_y[s:s + chunk_tokens, None]).squeeze(-1))
+        if with_entropy:
+            ents.append(-(lsm.exp() * lsm).sum(-1))
+    logp = torch.cat(logps).view(n, t)
+    entropy = torch.cat(ents).view(n, t) if with_entropy else None
+    return TokenStats(logp, entropy, h if with_hidden else None)
+
+
+def frozen_copy(model):
+    """The reference policy: a frozen copy of the initial weights."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+class ValueHead(torch.nn.Module):
+    """V(s_t): a linear layer on the policy's last hidden state (the learned state baseline)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.proj.weight)
+        torch.nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # [N, T, H] -> [N, T]
+        return self.proj(h.float()).squeeze(-1)

@@ -1,0 +1,492 @@
+"""The training loop: sample, score, advantages, update -- top to bottom in `train`.
+
+How it departs from the papers, on purpose:
+* log-probs (sampling and training) are taken at the sampling temperature, so with one iteration the ratio
+  is exactly 1 and the update is REINFORCE on the distribution that produced the samples;
+* a reward that does not apply (``None``) counts as 0 in the sum; a sample whose reward failed (with
+  ``rewards.on_error: drop``) stays in its group's statistics as 0 but gets no gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import checkpoint, estimators
+from .config import Config, ConfigError
+from .data import PromptStream, columns_of, load_splits
+from .log import RunLogger
+from .loss import Norm, aggregate, kl_penalty, pg_loss
+from .policy import ValueHead, completion_logp, encode_prompt, format_prompt, frozen_copy, left_pad, load_policy
+from .rewards import Reward, compute, required_columns, resolve
+from .rollout import Rollout, hf_generate, sample
+
+
+class RunError(RuntimeError):
+    """The run cannot start or go on; the message says why and what to do."""
+
+
+@dataclass
+class Batch:
+    rows: list[dict]          # [N] the dataset rows, each repeated G times in a row
+    rollout: Rollout
+    token_rewards: torch.Tensor  # [N, T]
+    valid: torch.Tensor       # [N] bool: every reward was usable
+    reward_metrics: dict
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+def prepare_out(cfg: Config, resume: bool, overwrite: bool) -> Path:
+    out = Path(cfg.train.out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise RunError(f"the output folder {out} already holds a run. Pass --resume to continue it, "
+                           f"--overwrite to replace it, or choose another train.out.")
+        shutil.rmtree(out)
+    if resume and checkpoint.latest(out) is None:
+        raise RunError(f"--resume: {out} holds no complete checkpoint to continue from")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_rewards(cfg: Config, extra: list[Callable] | None) -> list[Reward]:
+    comps = []
+    for spec in cfg.rewards.components:
+        try:
+            fn = resolve(spec.fn)
+        except ValueError as e:
+            raise ConfigError(f"rewards: {e}") from None
+        comps.append(Reward(spec.name or getattr(fn, "__name__", spec.fn), fn, spec.weight, dict(spec.args)))
+    for fn in extra or []:
+        comps.append(Reward(getattr(fn, "__name__", "reward"), fn))
+    if not comps:
+        raise ConfigError("no rewards: list at least one under `rewards:` (e.g. - fn: bleu) or pass rewards=[...]")
+    names = [c.name for c in comps]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two rewards share a name ({names}); give each a distinct `name:`")
+    return comps
+
+
+class Prompts:
+    """Rows -> formatted, tokenized prompts, with the long-prompt rule applied once at start-up."""
+
+    def __init__(self, cfg: Config, tokenizer):
+        self.cfg, self.tok = cfg, tokenizer
+        self.counts = {"truncated_prompts": 0, "skipped_prompts": 0}
+
+    def text(self, row: dict) -> str:
+        d = self.cfg.data
+        raw = row[d.prompt_column]
+        if isinstance(raw, str):
+            try:
+                raw = d.template.format(**{**row, "prompt": raw})
+            except KeyError as e:
+                raise ConfigError(f"data.template {d.template!r} names column {e} that row at line "
+                                  f"{row.get('_line')} does not have") from None
+        return format_prompt(self.tok, raw, chat_template=self.cfg.model.chat_template, system=d.system)
+
+    def encode(self, rows: list[dict], where: str) -> list[dict]:
+        d = self.cfg.data
+        out = []
+        for row in rows:
+            text = self.text(row)
+            ids = encode_prompt(self.tok, text, self.cfg.model.add_bos)
+            if len(ids) > d.max_prompt_tokens:
+                if d.long_prompts == "error":
+                    raise RunError(f"{where}, line {row.get('_line')}: the prompt has {len(ids)} tokens, over "
+                                   f"data.max_prompt_tokens={d.max_prompt_tokens} (or set data.long_prompts to "
+                                   f"truncate or skip)")
+                if d.long_prompts == "skip":
+                    self.counts["skipped_prompts"] += 1
+                    continue
+                ids = ids[-d.max_prompt_tokens:]
+                self.counts["truncated_prompts"] += 1
+            out.append({**row, "_text": text, "_ids": ids})
+        return out
+
+
+def make_scheduler(opt, warmup: int, total: int, kind: str):
+    def factor(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if kind == "cosine":
+            progress = (s - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = False,
+          overwrite: bool = False) -> Path:
+    """Run policy-gradient training as configured; returns the run folder."""
+    out = prepare_out(cfg, resume, overwrite)
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    reward_fns = build_rewards(cfg, rewards)
+    train_rows, eval_rows, data_counts = load_splits(cfg.data, cfg.train.seed,
+                                                     needs_reference=cfg.sft.steps > 0)
+    available = set(columns_of(train_rows))
+    if cfg.data.reference_column in available:
+        available.add("reference")
+    for r in reward_fns:
+        missing = [c for c in required_columns(r.fn, r.args) if c not in available]
+        if missing:
+            raise ConfigError(f"reward {r.name!r} needs dataset column(s) {missing}, which {cfg.data.train} does "
+                              f"not have (it has: {sorted(available)})")
+    ckpt = checkpoint.latest(out) if resume else None
+    sft_dir = out / "sft-model"
+    if ckpt is not None:
+        init_path = str(ckpt)
+    elif cfg.sft.steps > 0 and sft_dir.exists() and resume:
+        init_path = str(sft_dir)
+    else:
+        init_path = cfg.model.path
+    model, tok = load_policy(_with_path(cfg, init_path))
+    cfg.save(out / "config.yaml")
+    logger = RunLogger(out, cfg, resume_step=checkpoint.load_state(ckpt)["step"] if ckpt else None)
+    prompts = Prompts(cfg, tok)
+    train_rows = prompts.encode(train_rows, cfg.data.train)
+    eval_rows = prompts.encode(eval_rows, cfg.data.eval or cfg.data.train)[:cfg.train.eval_max_prompts]
+    if not train_rows:
+        raise RunError(f"{cfg.data.train}: every prompt was skipped as too long (data.max_prompt_tokens)")
+    device = next(model.parameters()).device
+
+    if cfg.sft.steps > 0 and ckpt is None and not sft_dir.exists():  # the warm start
+        from .sft import supervised
+
+        supervised(model, tok, train_rows, cfg, logger)
+        model.save_pretrained(sft_dir)
+        tok.save_pretrained(sft_dir)
+    ref = None
+    if cfg.algo.kl_coef > 0:  # the reference is the policy RL starts from: the warm start, else model.path
+        ref = frozen_copy(model) if ckpt is None else \
+            load_policy(_with_path(cfg, str(sft_dir) if sft_dir.exists() else cfg.model.path))[0].eval()
+    a, r_cfg, o = cfg.algo, cfg.rollout, cfg.optim
+    value_head = ValueHead(model.config.hidden_size).to(device) if a.estimator == "value" else None
+    params = [p for p in model.parameters() if p.requires_grad] + \
+        (list(value_head.parameters()) if value_head else [])
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    total_updates = cfg.train.steps * a.num_iterations * a.mini_batches
+    sched = make_scheduler(opt, o.warmup_steps, total_updates, o.schedule)
+    gen = torch.Generator(device).manual_seed(cfg.train.seed)
+    stream = PromptStream(train_rows, cfg.train.seed, cfg.data.shuffle)
+    est_state: dict = {}
+    start = 0
+    if ckpt is not None:
+        st = checkpoint.load_state(ckpt)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        stream.load_state(st["data"])
+        est_state = st["estimator"]
+        checkpoint.set_rng_state(st["rng"], gen)
+        if value_head is not None:
+            checkpoint.load_extra(ckpt, "value_head", value_head)
+        start = st["step"]
+    logger.start(start, len(train_rows), len(eval_rows), {**data_counts, **prompts.counts})
+
+    def save(step: int):
+        state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "data": stream.state(), "estimator": est_state, "rng": checkpoint.rng_state(gen)}
+        path = checkpoint.save(out, step, model, tok, cfg, state, cfg.train.keep_checkpoints,
+                               {"value_head": value_head} if value_head else None)
+        logger.note(f"checkpoint {path}")
+
+    def evaluate(step: int):
+        if eval_rows:
+            logger.eval(step, evaluate_greedy(model, tok, eval_rows, reward_fns, cfg, device))
+
+    if start == 0:
+        evaluate(0)
+    for step in range(start + 1, cfg.train.steps + 1):
+        t0 = time.perf_counter()
+        # 1-3. prompts, rollout, rewards (filter_groups samples again for groups with no signal)
+        batch, sample_s, filter_stats = collect(model, tok, stream, reward_fns, cfg, gen, step, device)
+        ro = batch.rollout
+        t1 = time.perf_counter()
+        loss_mask = ro.completion_mask * batch.valid[:, None]                          # [N, T]
+        if a.mask_truncated:
+            loss_mask = loss_mask * torch.tensor([f != "length" for f in ro.finish], device=device)[:, None]
+        # 4. reference log-probs, only when the KL is on
+        ref_logp = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_logp = _in_micro_batches(ref, ro, o.micro_batch_size, r_cfg.temperature)
+        token_rewards = batch.token_rewards
+        if ref_logp is not None and a.kl_in == "reward":
+            token_rewards = token_rewards - a.kl_coef * (ro.logp - ref_logp) * ro.completion_mask
+        # 5. advantages
+        values = greedy_rewards = None
+        if value_head is not None:
+            with torch.no_grad():
+                values = _values(model, value_head, ro, o.micro_batch_size, r_cfg.temperature)
+        if a.estimator == "remax":
+            greedy_rewards = _greedy_baseline(model, tok, batch.rows[::r_cfg.num_generations], reward_fns, cfg,
+                                              step, device)
+        adv = estimators.advantages(a.estimator, estimators.Inputs(
+            token_rewards, ro.completion_mask, r_cfg.num_generations, a.gamma, values, greedy_rewards,
+            est_state), baseline=a.baseline, ema_decay=a.ema_decay, scale=a.scale, group_baseline=a.group_baseline)
+        # 6. update
+        upd = update(model, value_head, opt, sched, params, ro, adv, loss_mask, ref_logp, token_rewards, cfg)
+        t2 = time.perf_counter()
+        # 7. log, evaluate, checkpoint
+        seq_r = (batch.token_rewards * ro.completion_mask).sum(-1)[batch.valid] if batch.valid.any() else \
+            torch.zeros(1)
+        zero_adv = (adv.abs() * ro.completion_mask).sum(-1) == 0
+        n_tok = int(ro.completion_mask.sum())
+        metrics = {
+            "reward/mean": float(seq_r.mean()), "reward/std": float(seq_r.std()) if seq_r.numel() > 1 else 0.0,
+            **batch.reward_metrics,
+            "rollout/len_mean": float(ro.lengths.float().mean()),
+            "rollout/truncated_frac": sum(f == "length" for f in ro.finish) / len(ro.finish),
+            "rollout/eos_frac": sum(f == "eos" for f in ro.finish) / len(ro.finish),
+            "rollout/zero_advantage_frac": float(zero_adv.float().mean()),
+            "rollout/samples": len(ro.finish), **filter_stats,
+            **upd, "lr": sched.get_last_lr()[0],
+            "perf/step_seconds": t2 - t0, "perf/sample_seconds": sample_s, "perf/update_seconds": t2 - t1,
+            "perf/tokens_per_second": n_tok / max(sample_s, 1e-9),
+        }
+        logger.step(step, metrics, batch)
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
+            evaluate(step)
+        if step == cfg.train.steps or (cfg.train.save_every and step % cfg.train.save_every == 0):
+            save(step)
+    if start < cfg.train.steps:
+        evaluate(cfg.train.steps)
+    logger.finish()
+    return out
+
+
+def _with_path(cfg: Config, path: str):
+    from dataclasses import replace
+
+    return replace(cfg.model, path=path, tokenizer="" if path != cfg.model.path else cfg.model.tokenizer)
+
+
+# -------------------------------------------------------------------------------------- the pieces
+
+def generate(model, tok, rows: list[dict], cfg: Config, gen, device, greedy: bool = False) -> Rollout:
+    """One completion per row (rows already repeated G times for sampling)."""
+    r = cfg.rollout
+    ids, mask = left_pad([row["_ids"] for row in rows], tok.pad_token_id, device)
+    fn = hf_generate if r.engine == "hf" else sample
+    model.eval()
+    return fn(model, tok, ids, mask, max_new_tokens=r.max_new_tokens, temperature=0.0 if greedy else r.temperature,
+              top_k=r.top_k, top_p=r.top_p, stop=r.stop, generator=gen)
+
+
+def score(rows, ro: Rollout, reward_fns, cfg: Config, step: int):
+    cols = columns_of(rows, exclude=("_line", "_ids", "_text"))
+    if cfg.data.reference_column in cols and "reference" not in cols:
+        cols["reference"] = cols[cfg.data.reference_column]
+    res = compute(reward_fns, [row["_text"] for row in rows], ro.completions, ro.lengths.tolist(), cols,
+                  step=step, on_error=cfg.rewards.on_error, group_size=cfg.rollout.num_generations,
+                  normalize=cfg.rewards.normalize, completion_ids=[
+                      row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())])
+    t = ro.completion_ids.shape[1]
+    dense = torch.zeros((len(rows), t))
+    for i, vals in enumerate(res.token_rewards):
+        dense[i, :len(vals)] = torch.tensor(vals[:t])
+    if t == 0:
+        dense = torch.zeros((len(rows), 0))
+    return dense.to(ro.logp.device), torch.tensor([not b for b in res.invalid], device=ro.logp.device), res
+
+
+def collect(model, tok, stream, reward_fns, cfg: Config, gen, step: int, device):
+    """B prompt groups, sampled and scored. With filter_groups, groups whose rewards are all equal are
+    dropped and new prompts sampled, up to max_filter_rounds extra rounds."""
+    r, a = cfg.rollout, cfg.algo
+    g = r.num_generations
+    kept_rows, kept_ro, kept_rew, kept_valid, metrics_list = [], [], [], [], []
+    sample_s, dropped, rounds = 0.0, 0, 0
+    need = r.batch_prompts
+    while need > 0:
+        rows = [row for row in stream.next(need) for _ in range(g)]
+        t0 = time.perf_counter()
+        ro = generate(model, tok, rows, cfg, gen, device)
+        sample_s += time.perf_counter() - t0
+        rew, valid, res = score(rows, ro, reward_fns, cfg, step)
+        metrics_list.append((len(rows), res.metrics()))
+        keep = list(range(len(rows)))
+        if a.filter_groups and rounds < a.max_filter_rounds:
+            seq = (rew * ro.completion_mask).sum(-1).view(-1, g)
+            informative = (seq.max(-1).values - seq.min(-1).values) > 1e-9
+            keep = [i for i in range(len(rows)) if informative[i // g]]
+            dropped += (len(rows) - len(keep)) // g
+        kept_rows += [rows[i] for i in keep]
+        kept_ro.append(ro.select(keep))
+        kept_rew.append(rew[keep])
+        kept_valid.append(valid[keep])
+        need -= len(keep) // g
+        rounds += 1
+        if not a.filter_groups or rounds > a.max_filter_rounds:
+            break
+    ro = _concat(kept_ro, tok.pad_token_id)
+    t = ro.completion_ids.shape[1]
+    rew = torch.cat([torch.nn.functional.pad(x, (0, t - x.shape[1])) for x in kept_rew])
+    total = sum(n for n, _ in metrics_list)
+    merged = {k: sum(n * m[k] for n, m in metrics_list if not math.isnan(m[k])) / total
+              for k in metrics_list[0][1] if k != "perf/reward_seconds"}
+    merged["perf/reward_seconds"] = sum(m["perf/reward_seconds"] for _, m in metrics_list)
+    stats = {"rollout/filtered_groups": dropped, "rollout/filter_rounds": rounds} if a.filter_groups else {}
+    if not kept_rows:
+        raise RunError(f"step {step}: filter_groups dropped every group (all rewards equal within each group for "
+                       f"{rounds} rounds); the reward gives no signal here")
+    return Batch(kept_rows, ro, rew, torch.cat(kept_valid), merged), sample_s, stats
+
+
+def _concat(parts: list[Rollout], pad_id: int) -> Rollout:
+    if len(parts) == 1:
+        return parts[0]
+    p = max(x.prompt_ids.shape[1] for x in parts)
+    t = max(x.completion_ids.shape[1] for x in parts)
+    F = torch.nn.functional
+
+    def lp(x, w, v):  # left pad to width w
+        return F.pad(x, (w - x.shape[1], 0), value=v)
+
+    def rp(x, w, v):
+        return F.pad(x, (0, w - x.shape[1]), value=v)
+
+    return Rollout(torch.cat([lp(x.prompt_ids, p, pad_id) for x in parts]),
+                   torch.cat([lp(x.prompt_mask, p, 0) for x in parts]),
+                   torch.cat([rp(x.completion_ids, t, pad_id) for x in parts]),
+                   torch.cat([rp(x.completion_mask, t, 0) for x in parts]),
+                   torch.cat([rp(x.logp, t, 0.0) for x in parts]),
+                   sum((x.finish for x in parts), []), sum((x.completions for x in parts), []))
+
+
+def _micro_slices(ro: Rollout, idx: list[int]):
+    """Index a micro-batch and trim its padding: prompts from the left, completions from the right."""
+    ix = torch.tensor(idx, device=ro.prompt_ids.device)
+    pm, cm = ro.prompt_mask[ix], ro.completion_mask[ix]
+    p = int(pm.sum(-1).max())
+    t = max(1, int(cm.sum(-1).max()))
+    w = ro.prompt_ids.shape[1]
+    return ix, ro.prompt_ids[ix, w - p:], pm[:, w - p:], ro.completion_ids[ix, :t], cm[:, :t], t
+
+
+def _in_micro_batches(model, ro: Rollout, micro: int, temperature: float) -> torch.Tensor:
+    """Per-token log-probs [N, T] of the rollout under ``model`` (no gradient)."""
+    out = torch.zeros_like(ro.logp)
+    n = ro.prompt_ids.shape[0]
+    for s in range(0, n, micro):
+        ix, pi, pm, ci, cm, t = _micro_slices(ro, list(range(s, min(n, s + micro))))
+        out[ix, :t] = completion_logp(model, pi, pm, ci, cm, temperature=temperature).logp * cm
+    return out
+
+
+def _values(model, head, ro: Rollout, micro: int, temperature: float) -> torch.Tensor:
+    out = torch.zeros_like(ro.logp)
+    n = ro.prompt_ids.shape[0]
+    for s in range(0, n, micro):
+        ix, pi, pm, ci, cm, t = _micro_slices(ro, list(range(s, min(n, s + micro))))
+        h = completion_logp(model, pi, pm, ci, cm, temperature=temperature, with_hidden=True).hidden
+        out[ix, :t] = head(h) * cm
+    return out
+
+
+def _greedy_baseline(model, tok, rows, reward_fns, cfg: Config, step: int, device) -> torch.Tensor:
+    """ReMax: the summed reward of each prompt's greedy completion, [B]."""
+    ro = generate(model, tok, rows, cfg, None, device, greedy=True)
+    rew, valid, _ = score(rows, ro, reward_fns, cfg, step)
+    return (rew * ro.completion_mask).sum(-1) * valid
+
+
+def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, ref_logp, token_rewards,
+           cfg: Config) -> dict:
+    """`num_iterations` passes over the rollout in `mini_batches` optimizer steps, each accumulated exactly
+    over micro-batches (sorted by length to cut padding)."""
+    a, o, r = cfg.algo, cfg.optim, cfg.rollout
+    n = ro.prompt_ids.shape[0]
+    model.train()
+    old_logp = None
+    if a.num_iterations > 1 or a.mini_batches > 1:  # the policy moves between optimizer steps
+        model.eval()
+        with torch.no_grad():
+            old_logp = _in_micro_batches(model, ro, o.micro_batch_size, r.temperature)
+        model.train()
+    returns = estimators.discounted_returns(token_rewards, ro.completion_mask, a.gamma) if value_head else None
+    sums: dict[str, float] = {}
+    grad_norms = []
+    need_entropy = True
+    per_mb = n // a.mini_batches
+    lengths = ro.lengths.tolist()
+    for _ in range(a.num_iterations):
+        for m in range(a.mini_batches):
+            idx = list(range(m * per_mb, (m + 1) * per_mb))
+            norm = Norm(len(idx), int(loss_mask[idx].sum()), r.max_new_tokens)
+            idx.sort(key=lambda i: -lengths[i])
+            for s in range(0, len(idx), o.micro_batch_size):
+                ix, pi, pm, ci, cm, t = _micro_slices(ro, idx[s:s + o.micro_batch_size])
+                st = completion_logp(model, pi, pm, ci, cm, temperature=r.temperature, with_entropy=need_entropy,
+                                     with_hidden=value_head is not None)
+                lm = loss_mask[ix, :t]
+                old = st.logp.detach() if old_logp is None else old_logp[ix, :t]
+                loss, stats = pg_loss(st.logp, old, adv[ix, :t], lm, norm, agg=a.agg, eps_low=a.eps_low,
+                                      eps_high=a.eps_high, ref_logp=None if ref_logp is None else ref_logp[ix, :t],
+                                      kl_coef=a.kl_coef if a.kl_in == "loss" else 0.0, kl_estimator=a.kl_estimator,
+                                      entropy=st.entropy, entropy_coef=a.entropy_coef)
+                if value_head is not None:
+                    v_loss = aggregate((value_head(st.hidden) - returns[ix, :t]) ** 2, lm, "token_mean", norm)
+                    loss = loss + a.value_coef * v_loss
+                    stats["value"] = v_loss.detach()
+                loss.backward()
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            gn = torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf"))
+            grad_norms.append(float(gn))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+    k = a.num_iterations * a.mini_batches
+    out = {"loss/pg": sums.get("pg", 0.0) / k, "loss/kl": sums.get("kl", 0.0) / k,
+           "loss/entropy": sums.get("entropy", 0.0) / k, "clip_frac": sums.get("clip_frac", 0.0) / k,
+           "grad_norm": sum(grad_norms) / len(grad_norms)}
+    if ref_logp is not None:
+        kl_tok = kl_penalty(ro.logp, ref_logp, a.kl_estimator) * ro.completion_mask
+        out["kl/mean"] = float(kl_tok.sum() / ro.completion_mask.sum().clamp(min=1))
+    else:
+        out["kl/mean"] = 0.0
+    if value_head is not None:
+        out["loss/value"] = sums.get("value", 0.0) / k
+    return out
+
+
+def evaluate_greedy(model, tok, rows: list[dict], reward_fns, cfg: Config, device) -> dict:
+    """Greedy completions of the eval prompts, scored by every reward: {eval/<name>: mean}."""
+    chunk = max(1, cfg.rollout.batch_prompts * cfg.rollout.num_generations)
+    totals: dict[str, list] = {}
+    samples = []
+    for s in range(0, len(rows), chunk):
+        part = rows[s:s + chunk]
+        ro = generate(model, tok, part, cfg, None, device, greedy=True)
+        cols = columns_of(part, exclude=("_line", "_ids", "_text"))
+        if cfg.data.reference_column in cols and "reference" not in cols:
+            cols["reference"] = cols[cfg.data.reference_column]
+        res = compute(reward_fns, [row["_text"] for row in part], ro.completions, ro.lengths.tolist(), cols,
+                      on_error="drop", group_size=1)
+        seq = [sum(v) if not bad else None for v, bad in zip(res.token_rewards, res.invalid)]
+        totals.setdefault("eval/reward", []).extend(seq)
+        for name, vals in res.components.items():
+            totals.setdefault(f"eval/{name}", []).extend(vals)
+        totals.setdefault("eval/len_mean", []).extend(float(x) for x in ro.lengths)
+        samples += [{"prompt": row["_text"], "completion": c} for row, c in zip(part, ro.completions)]
+    out = {k: (sum(x for x in v if x is not None) / max(1, sum(x is not None for x in v))) for k, v in totals.items()}
+    out["_samples"] = samples[:8]
+    return out
+
+
+def save_json(path: Path, obj) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
