@@ -131,6 +131,10 @@ def create_app(db, *, token: Optional[str] = None, lease_s: float = 600.0,
     def index():
         return FileResponse(str(_static_dir() / "index.html"), media_type="text/html")
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
+
     @app.get("/static/{name}")
     def static(name: str):
         if name not in STATIC:
