@@ -273,3 +273,31 @@ def test_registered_names():
     from rlft.rewards import REGISTRY
     for name in ("bleu", "chrf", "ter", "rouge", "exact_match", "token_f1"):
         assert REGISTRY[name] is getattr(text, name)
+
+
+def test_fuzz_random_unicode_against_the_reference_implementations():
+    # characters that trip tokenizers: odd whitespace, punctuation, digits, accents, CJK, Hangul, Arabic, emoji
+    pool = list("abc xyz ABC 0123 .,;:!?'\"-()[]{}<>/\\&%$#@*+=~|") + [
+        " ", "  ", "\t", "\n", "\r", "\x0b", "\x0c", "\u00a0", "\u3000", "\u200b", "e\u0301", "é", "ß", "İ",
+        "中", "文", "。", "，", "日本", "한국어", "مرحبا", "\U0001f600", "\u2764\ufe0f", "½", "Ⅷ", "ﬁ"]
+    rng = random.Random(1234)
+
+    def s():
+        return "".join(rng.choice(pool) for _ in range(rng.randint(0, 25)))
+
+    comps = [s() for _ in range(150)]
+    refs = [s() if rng.random() < 0.7 else [s() for _ in range(rng.randint(1, 3))] for _ in range(150)]
+    n = len(comps)
+    pairs = list(zip(comps, refs))
+    for opts in ({}, {"tokenize": "zh"}, {"tokenize": "intl"}, {"tokenize": "char"}):
+        for (c, r), g in zip(pairs, bleu([""] * n, comps, refs, **opts)):
+            _close(g, sacrebleu.sentence_bleu(c, _refs(r), **opts).score / 100)
+    for (c, r), g in zip(pairs, chrf([""] * n, comps, refs, word_order=2)):
+        _close(g, sacrebleu.sentence_chrf(c, _refs(r), word_order=2).score / 100)
+    for (c, r), g in zip(pairs, ter([""] * n, comps, refs)):
+        _close(g, 1 - sacrebleu.sentence_ter(c, _refs(r)).score / 100)
+    for kind in ("rouge1", "rougeLsum"):
+        scorer = RougeScorer([kind])
+        for (c, r), g in zip(pairs, rouge([""] * n, comps, refs, kind=kind)):
+            _close(g, scorer.score_multi(_refs(r), c)[kind].fmeasure)
+    _close(corpus_bleu(comps, refs), sacrebleu.corpus_bleu(comps, text._streams(comps, refs, "t")).score / 100)
