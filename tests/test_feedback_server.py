@@ -180,7 +180,8 @@ def test_two_raters_and_a_writer_process(tmp_path):
                             return
                         time.sleep(0.01)
                         continue
-                    r = c.post("/api/rate", json={"rater": name, "item_id": item["id"], "score": 1 + len(got[name]) % 5})
+                    body = {"rater": name, "item_id": item["id"], "score": 1 + len(got[name]) % 5}
+                    r = c.post("/api/rate", json=body)
                     if r.status_code != 200:
                         errors.append(r.text)
                     got[name].append(item["id"])
@@ -249,7 +250,7 @@ def test_cli_export(db, tmp_path):
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["choice"] == "b" and row["comment"] == "B <i>wins</i>" and row["completion_b"] == "right"
     r = subprocess.run([sys.executable, "-m", "rlft.feedback.cli", "rate", "export", "--db", str(db), "--out", "-"],
-                       capture_output=True, text=True, env=_env(), timeout=120)
+                       capture_output=True, text=True, env=_env(), timeout=120, check=False)
     assert r.returncode == 0 and json.loads(r.stdout)["rating_id"] == row["rating_id"]
     with pytest.raises(SystemExit):
         rate_main(["export", "--db", str(db)])  # --out is required

@@ -138,7 +138,8 @@ def test_skip_and_undo(tmp_path):
         assert undone["undone"]["kind"] == "skip" and undone["item"] is None
         assert s.undo("zed") is None
         p = s.progress()
-        assert {r["name"]: (r["rated"], r["skipped"]) for r in p["raters"]} == {"ann": (0, 0), "bob": (0, 0), "zed": (0, 0)}
+        counts = {r["name"]: (r["rated"], r["skipped"]) for r in p["raters"]}
+        assert counts == {"ann": (0, 0), "bob": (0, 0), "zed": (0, 0)}
 
 
 def test_newest_batch_first(tmp_path):
@@ -201,7 +202,8 @@ def test_killed_writer_loses_nothing_committed(tmp_path):
         assert ratings >= last  # everything it reported as committed is there
         # batches are all-or-nothing, and every rating matches a done item and vice versa
         assert c.execute("SELECT COUNT(*) FROM samples").fetchone()[0] % 4 == 0
-        assert c.execute("SELECT COUNT(*) FROM items").fetchone()[0] == c.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        count = lambda table: c.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: E731
+        assert count("items") == count("samples")
         assert c.execute("SELECT COUNT(*) FROM items WHERE done = 1").fetchone()[0] == ratings
         bad = c.execute("SELECT COUNT(*) FROM ratings r JOIN items i ON i.id = r.item_id "
                         "WHERE i.done = 0 OR r.score != 1 + i.id % 5 OR length(r.comment) != 200").fetchone()[0]

@@ -56,7 +56,7 @@ def score(model, tok, prompts: list[str], completions: list[str], *, batch_size:
     return out
 
 
-def examples(store, run_id: str | None = None) -> tuple[list[tuple[str, str, str, float]], list[tuple[str, str, float]]]:
+def examples(store, run_id: str | None = None) -> tuple[list[tuple], list[tuple]]:
     """The training examples in a store: ``pairs`` as (prompt, chosen, rejected, y) with y = 1 (or 1/2 for a
     tie) and ``scores`` as (prompt, completion, target)."""
     from rlft.rewards.human import score_to_reward

@@ -23,7 +23,6 @@ import secrets
 import socket
 import threading
 from importlib import resources
-from typing import Optional
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
@@ -50,8 +49,8 @@ class ItemBody(_Body):
 
 
 class RateBody(ItemBody):
-    score: Optional[int] = None
-    choice: Optional[str] = None
+    score: int | None = None
+    choice: str | None = None
     comment: str = ""
 
 
@@ -63,8 +62,8 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(db, *, token: Optional[str] = None, lease_s: float = 600.0,
-               allowed_hosts: Optional[set] = None) -> FastAPI:
+def create_app(db, *, token: str | None = None, lease_s: float = 600.0,
+               allowed_hosts: set | None = None) -> FastAPI:
     """The app. ``token``: required on every request when set. ``allowed_hosts``: host names accepted in the
     ``Host`` header (None: any -- for a server bound to a public address, where the token protects it)."""
     store = Store(db, lease_s=lease_s)
@@ -175,7 +174,7 @@ def create_app(db, *, token: Optional[str] = None, lease_s: float = 600.0,
     return app
 
 
-def _check_post(request: Request, host: str, csrf: str) -> Optional[Response]:
+def _check_post(request: Request, host: str, csrf: str) -> Response | None:
     """The cross-site request forgery checks on a state-changing request; None when it passes."""
     try:
         size = int(request.headers.get("content-length") or 0)
@@ -198,7 +197,7 @@ class Running:
     """A server started by ``start`` in a background thread: ``url`` (with ``?token=`` when there is one),
     ``base`` (without), ``token``, ``stop()``."""
 
-    def __init__(self, server, thread, base: str, token: Optional[str], app):
+    def __init__(self, server, thread, base: str, token: str | None, app):
         self.server, self.thread, self.base, self.token, self.app = server, thread, base, token, app
         self.url = base + (f"?token={token}" if token else "")
 
@@ -214,7 +213,7 @@ class Running:
         self.stop()
 
 
-def _prepare(db, host: str, port: int, token: Optional[str], lease_s: float):
+def _prepare(db, host: str, port: int, token: str | None, lease_s: float):
     import uvicorn
 
     loopback = host in LOOPBACK
@@ -232,7 +231,7 @@ def _prepare(db, host: str, port: int, token: Optional[str], lease_s: float):
     return server, sock, app, f"http://{shown}:{port}/", token
 
 
-def start(db, *, host: str = "127.0.0.1", port: int = 0, token: Optional[str] = None, lease_s: float = 600.0,
+def start(db, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None, lease_s: float = 600.0,
           timeout: float = 60.0) -> Running:
     """Serve the rating page in a background thread (from a notebook, or in tests); ``port=0`` picks a free
     one. Returns once it accepts connections."""
@@ -250,7 +249,7 @@ def start(db, *, host: str = "127.0.0.1", port: int = 0, token: Optional[str] = 
     return Running(server, thread, base, token, app)
 
 
-def serve(db, *, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None, lease_s: float = 600.0,
+def serve(db, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, lease_s: float = 600.0,
           log=print) -> None:
     """Serve the rating page until interrupted (``rlft rate``)."""
     server, sock, app, base, token = _prepare(db, host, port, token, lease_s)

@@ -29,8 +29,9 @@ import sqlite3
 import threading
 import time
 import unicodedata
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 MAX_COMMENT = 2000   # characters
 MAX_RATER = 64       # characters of a rater name
