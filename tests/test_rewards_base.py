@@ -8,7 +8,14 @@ import time
 import pytest
 import torch
 
-from rlft.rewards import Reward, RewardError, check_columns, compute, report, required_columns
+from rlft.rewards import (
+    Reward,
+    RewardError,
+    check_columns,
+    compute,
+    report,
+    required_columns,
+)
 
 
 def const(values):

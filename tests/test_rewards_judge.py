@@ -95,7 +95,7 @@ def test_scores_and_template(server):
 
 
 def test_retry_after_a_server_error(server):
-    srv, url = server
+    _, url = server
     got = judge(["q"], ["good"], base_url=url + "/flaky/v1", reference=["r"], **FAST)
     assert got == [pytest.approx(0.9)]
     s = judge.last_stats
@@ -103,7 +103,7 @@ def test_retry_after_a_server_error(server):
 
 
 def test_timeouts_become_none_and_are_counted(server):
-    srv, url = server
+    _, url = server
     t = time.perf_counter()
     got = judge(["q"] * 4, ["good"] * 4, base_url=url + "/slow/v1", reference=["r"] * 4, **FAST)
     # 4 rows at once, each: 0.2 s timeout, ~0.01 s backoff, 0.2 s timeout
@@ -114,7 +114,7 @@ def test_timeouts_become_none_and_are_counted(server):
 
 
 def test_garbage_and_scoreless_replies(server):
-    srv, url = server
+    _, url = server
     assert judge(["q"], ["good"], base_url=url + "/garbage/v1", reference=["r"], **FAST) == [None]
     assert judge.last_stats["bad_responses"] == 2 and judge.last_stats["failures"] == 1  # retried once
     assert judge(["q"], ["good"], base_url=url + "/nonumber/v1", reference=["r"], **FAST) == [None]
@@ -145,7 +145,7 @@ def test_api_key_is_sent_and_never_logged(server, monkeypatch, caplog):
 
 
 def test_inside_compute_the_counts_are_logged(server):
-    srv, url = server
+    _, url = server
     args = {**FAST, "base_url": url + "/nonumber/v1"}
     res = compute([Reward("judge", judge, args=args)], ["q", "q"], ["a", "b"], [1, 1], {"reference": ["r", "r"]})
     m = res.metrics()

@@ -43,7 +43,7 @@ def test_batched_equals_one_by_one_with_padding(scalar_rm):
     want = [x[0].item() for x in direct(scalar_rm, [p + c for p, c in zip(PROMPTS, COMPLETIONS)])]
     assert batched == pytest.approx(want, abs=1e-5)
     assert single == pytest.approx(want, abs=1e-5)
-    assert len(set(round(x, 4) for x in want)) > 1  # the texts really score differently
+    assert len({round(x, 4) for x in want}) > 1  # the texts really score differently
 
 
 def test_classifier_label_probability_through_the_chat_template(chat_classifier):

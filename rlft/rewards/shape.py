@@ -199,8 +199,9 @@ def keywords(prompts, completions, *, required=(), forbidden=(), required_column
         if not req and not forb:
             out.append(None)
             continue
-        hit = lambda ws: sum(bool(_keyword_re(w, case_sensitive, whole_word).search(c)) for w in ws)  # noqa: E731
-        out.append((hit(req) / len(req) if req else 0.0) - (hit(forb) / len(forb) if forb else 0.0))
+        found_req = sum(bool(_keyword_re(w, case_sensitive, whole_word).search(c)) for w in req)
+        found_forb = sum(bool(_keyword_re(w, case_sensitive, whole_word).search(c)) for w in forb)
+        out.append((found_req / len(req) if req else 0.0) - (found_forb / len(forb) if forb else 0.0))
     return out
 
 
