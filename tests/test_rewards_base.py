@@ -8,14 +8,7 @@ import time
 import pytest
 import torch
 
-from rlft.rewards import (
-    Reward,
-    RewardError,
-    check_columns,
-    compute,
-    report,
-    required_columns,
-)
+from rlft.rewards import Reward, RewardError, check_columns, compute, report, required_columns
 
 
 def const(values):

@@ -3,16 +3,7 @@
 import pytest
 
 from rlft.rewards import Reward, check_columns
-from rlft.rewards.shape import (
-    distinct,
-    json_valid,
-    keywords,
-    length,
-    novelty,
-    overlong,
-    regex,
-    repetition,
-)
+from rlft.rewards.shape import distinct, json_valid, keywords, length, novelty, overlong, regex, repetition
 
 
 def words(k):

@@ -10,18 +10,8 @@ from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU, CHRF
 
 from rlft.rewards import text
-from rlft.rewards.text import (
-    bleu,
-    chrf,
-    corpus_bleu,
-    corpus_chrf,
-    corpus_rouge,
-    corpus_ter,
-    exact_match,
-    rouge,
-    ter,
-    token_f1,
-)
+from rlft.rewards.text import (bleu, chrf, corpus_bleu, corpus_chrf, corpus_rouge, corpus_ter, exact_match, rouge, ter,
+                               token_f1)
 
 _rng = random.Random(0)
 _WORDS = "the a cat dog sat on mat house big small red runs quickly slowly , . ! ? and of to in".split()
