@@ -328,6 +328,8 @@ def compute(
         dense[r.name] = per_tok
 
     if normalize == "group":  # statistics over the valid samples that have the component
+        if group_size < 1:
+            raise ValueError(f"rewards normalize: group needs group_size >= 1, got {group_size}")
         dense = {k: _group_standardise([None if bad else x for x, bad in zip(v, invalid)], group_size)
                  for k, v in dense.items()}
     elif normalize != "none":
