@@ -52,8 +52,8 @@ def demo_config(out: Path, model_dir: Path, train: Path, evals: Path, seed: int)
         "algo": {"estimator": "grpo"},
         "optim": {"lr": 2e-4, "micro_batch_size": 128, "max_grad_norm": 1.0},
         "sft": {"steps": 120, "lr": 3e-3, "batch_size": 32},
-        "train": {"steps": 60, "seed": seed, "out": str(out), "eval_every": 20},
-        "log": {"samples_every": 20, "num_samples": 3},
+        "train": {"steps": 150, "seed": seed, "out": str(out), "eval_every": 50},
+        "log": {"samples_every": 50, "num_samples": 3},
     })
 
 

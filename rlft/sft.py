@@ -50,7 +50,7 @@ def supervised(model, tok, rows: list[dict], cfg, logger=None) -> list[float]:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if logger is not None and (step % 50 == 0 or step == s.steps):
             logger.note(f"sft step {step}/{s.steps}  loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
     return losses
