@@ -37,8 +37,17 @@ def _groups(x: torch.Tensor, g: int) -> torch.Tensor:
     return x.view(-1, g)
 
 
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    """x - mean(x) along the last dim, exactly 0 where all values are equal: the float mean of equal values need
+    not round back to them (0.9 three times), and a std of ~0 + EPS would blow that residue up. Shifting by
+    the first value first is exact for equal values and changes nothing else."""
+    d = x - x[..., :1]
+    return d - d.mean(-1, keepdim=True)
+
+
 def _masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(x.dtype)
+    x = x - x[mask.bool()][:1].sum()  # shift by the first valid value: equal values whiten to exactly 0
     count = m.sum().clamp(min=1)
     mean = (x * m).sum() / count
     var = (((x - mean) * m) ** 2).sum() / count
@@ -66,7 +75,7 @@ def reinforce(x: Inputs, baseline: str = "batch", ema_decay: float = 0.9, **_) -
     if baseline == "none":
         b = 0.0
     elif baseline == "batch":
-        b = r0.mean()
+        b = r0[0] + (r0 - r0[0]).mean()  # = r0.mean(), but exactly r when all returns equal r
     elif baseline == "ema":
         mean = float(r0.mean())
         b = x.state.get("ema_baseline", mean)
@@ -90,6 +99,7 @@ def rloo(x: Inputs, **_) -> torch.Tensor:
     Equal to G / (G - 1) * (r_i - mean_g)."""
     g = x.group_size
     r = _groups(discounted_returns(x.token_rewards, x.mask, x.gamma)[:, 0], g)  # [P, G]
+    r = r - r[:, :1]                    # shift-invariant; makes a group of equal rewards give exactly 0
     adv = (r * g - r.sum(-1, keepdim=True)) / (g - 1)                           # r_i - (sum - r_i)/(G-1)
     return _broadcast(adv.reshape(-1), x.mask)
 
@@ -99,7 +109,7 @@ def grpo(x: Inputs, scale: str = "group", **_) -> torch.Tensor:
     (unbiased, as TRL), of the whole batch, or ``none`` -- no division (Dr. GRPO, Liu et al. 2025)."""
     g = x.group_size
     r = _groups(discounted_returns(x.token_rewards, x.mask, x.gamma)[:, 0], g)  # [P, G]
-    centred = r - r.mean(-1, keepdim=True)
+    centred = _centre(r)
     if scale == "group":
         std = r.std(-1, keepdim=True) if g > 1 else torch.zeros_like(r[:, :1])
     elif scale == "batch":
