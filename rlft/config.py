@@ -194,8 +194,12 @@ class Config:
             key, eq, value = item.partition("=")
             if not eq or not key:
                 raise ConfigError(f"override {item!r} must look like key=value (e.g. algo.estimator=rloo)")
-            node = raw
             parts = key.strip().split(".")
+            if isinstance(raw.get("rewards"), list):  # `rewards: [...]` is sugar for rewards.components
+                raw["rewards"] = {"components": raw["rewards"]}
+            if parts == ["rewards"]:
+                parts = ["rewards", "components"]
+            node = raw
             for p in parts[:-1]:
                 node = node.setdefault(p, {})
                 if not isinstance(node, dict):

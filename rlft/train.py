@@ -26,7 +26,7 @@ from .data import PromptStream, columns_of, load_splits
 from .log import RunLogger
 from .loss import Norm, aggregate, kl_penalty, pg_loss
 from .policy import ValueHead, completion_logp, encode_prompt, format_prompt, frozen_copy, left_pad, load_policy
-from .rewards import Reward, compute, required_columns, resolve
+from .rewards import Reward, check_columns, compute, resolve
 from .rollout import Rollout, hf_generate, sample
 
 
@@ -83,7 +83,8 @@ class Prompts:
         self.cfg, self.tok = cfg, tokenizer
         self.counts = {"truncated_prompts": 0, "skipped_prompts": 0}
 
-    def text(self, row: dict) -> str:
+    def prompt(self, row: dict):
+        """The prompt as the rewards see it: the template applied (a string) or the chat messages."""
         d = self.cfg.data
         raw = row[d.prompt_column]
         if isinstance(raw, str):
@@ -92,13 +93,14 @@ class Prompts:
             except KeyError as e:
                 raise ConfigError(f"data.template {d.template!r} names column {e} that row at line "
                                   f"{row.get('_line')} does not have") from None
-        return format_prompt(self.tok, raw, chat_template=self.cfg.model.chat_template, system=d.system)
+        return raw
 
     def encode(self, rows: list[dict], where: str) -> list[dict]:
         d = self.cfg.data
         out = []
         for row in rows:
-            text = self.text(row)
+            prompt = self.prompt(row)
+            text = format_prompt(self.tok, prompt, chat_template=self.cfg.model.chat_template, system=d.system)
             ids = encode_prompt(self.tok, text, self.cfg.model.add_bos)
             if len(ids) > d.max_prompt_tokens:
                 if d.long_prompts == "error":
@@ -110,7 +112,7 @@ class Prompts:
                     continue
                 ids = ids[-d.max_prompt_tokens:]
                 self.counts["truncated_prompts"] += 1
-            out.append({**row, "_text": text, "_ids": ids})
+            out.append({**row, "_prompt": prompt, "_text": text, "_ids": ids})
         return out
 
 
@@ -140,11 +142,10 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
     available = set(columns_of(train_rows))
     if cfg.data.reference_column in available:
         available.add("reference")
-    for r in reward_fns:
-        missing = [c for c in required_columns(r.fn, r.args) if c not in available]
-        if missing:
-            raise ConfigError(f"reward {r.name!r} needs dataset column(s) {missing}, which {cfg.data.train} does "
-                              f"not have (it has: {sorted(available)})")
+    try:
+        check_columns(reward_fns, available)
+    except ValueError as e:
+        raise ConfigError(f"{e} (dataset {cfg.data.train})") from None
     ckpt = checkpoint.latest(out) if resume else None
     sft_dir = out / "sft-model"
     if ckpt is not None:
@@ -287,10 +288,10 @@ def generate(model, tok, rows: list[dict], cfg: Config, gen, device, greedy: boo
 
 
 def score(rows, ro: Rollout, reward_fns, cfg: Config, step: int):
-    cols = columns_of(rows, exclude=("_line", "_ids", "_text"))
+    cols = columns_of(rows, exclude=("_line", "_ids", "_text", "_prompt"))
     if cfg.data.reference_column in cols and "reference" not in cols:
         cols["reference"] = cols[cfg.data.reference_column]
-    res = compute(reward_fns, [row["_text"] for row in rows], ro.completions, ro.lengths.tolist(), cols,
+    res = compute(reward_fns, [row["_prompt"] for row in rows], ro.completions, ro.lengths.tolist(), cols,
                   step=step, on_error=cfg.rewards.on_error, group_size=cfg.rollout.num_generations,
                   normalize=cfg.rewards.normalize, completion_ids=[
                       row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())])
@@ -472,10 +473,10 @@ def evaluate_greedy(model, tok, rows: list[dict], reward_fns, cfg: Config, devic
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
         ro = generate(model, tok, part, cfg, None, device, greedy=True)
-        cols = columns_of(part, exclude=("_line", "_ids", "_text"))
+        cols = columns_of(part, exclude=("_line", "_ids", "_text", "_prompt"))
         if cfg.data.reference_column in cols and "reference" not in cols:
             cols["reference"] = cols[cfg.data.reference_column]
-        res = compute(reward_fns, [row["_text"] for row in part], ro.completions, ro.lengths.tolist(), cols,
+        res = compute(reward_fns, [row["_prompt"] for row in part], ro.completions, ro.lengths.tolist(), cols,
                       on_error="drop", group_size=1)
         seq = [sum(v) if not bad else None for v, bad in zip(res.token_rewards, res.invalid)]
         totals.setdefault("eval/reward", []).extend(seq)
