@@ -5,6 +5,7 @@ Needs Playwright's Python package and a Chromium binary (``apt-get install chrom
 ``RLFT_CHROMIUM`` may point at another binary. No browser download is needed."""
 
 import os
+import re
 import shutil
 
 import pytest
@@ -64,34 +65,36 @@ def test_rate_by_clicking_and_keyboard(tmp_path, page):
     with start(db) as server:
         _login(page, server.url, "alice")
         # the newest batch first: the pair. Click B, write a comment, click Submit.
-        expect(meta).to_contain_text(f"item {pair}")
+        expect(meta).to_have_text(re.compile(rf"item {pair}$"))
         expect(page.locator("#completion-b")).to_have_text("hello there")
         page.click("#pair-buttons button[data-value=b]")
         page.fill("#comment", "B is friendlier")
         page.click("#submit")
         # a score item: click 4, then Submit
-        expect(meta).to_contain_text(f"item {s1}")
+        expect(meta).to_have_text(re.compile(rf"item {s1}$"))
         expect(page.locator("#pair-buttons")).to_be_hidden()
         page.click("#score-buttons button[data-value='4']")
         expect(page.locator("#score-buttons button[data-value='4']")).to_have_class("selected")
         page.click("#submit")
         # by keyboard: 2, Enter
-        expect(meta).to_contain_text(f"item {s2}")
+        expect(meta).to_have_text(re.compile(rf"item {s2}$"))
         page.keyboard.press("2")
         page.keyboard.press("Enter")
         # s skips; nothing left for alice; u brings it back; 5 Enter rates it
-        expect(meta).to_contain_text(f"item {s3}")
+        expect(meta).to_have_text(re.compile(rf"item {s3}$"))
         page.keyboard.press("s")
         expect(page.locator("#empty")).to_be_visible()
         page.keyboard.press("u")
-        expect(meta).to_contain_text(f"item {s3}")
         expect(page.locator("#rate")).to_be_visible()
+        expect(meta).to_have_text(re.compile(rf"item {s3}$"))
+        expect(page.locator("#score-buttons button[data-value='5']")).not_to_have_class("selected")
         page.keyboard.press("5")
         page.keyboard.press("Enter")
         expect(page.locator("#empty")).to_be_visible()
         # u takes back the 5: the item returns with 5 selected; change it to 3 with a comment
         page.keyboard.press("u")
-        expect(meta).to_contain_text(f"item {s3}")
+        expect(page.locator("#rate")).to_be_visible()
+        expect(meta).to_have_text(re.compile(rf"item {s3}$"))
         expect(page.locator("#score-buttons button[data-value='5']")).to_have_class("selected")
         page.keyboard.press("3")
         page.click("#comment")

@@ -254,3 +254,14 @@ def test_cli_export(db, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["rating_id"] == row["rating_id"]
     with pytest.raises(SystemExit):
         rate_main(["export", "--db", str(db)])  # --out is required
+
+
+def test_cli_reports_a_busy_port(db, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert rate_main(["--db", str(db), "--port", str(port)]) == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -70,6 +70,7 @@
   function show(item, previous) {
     state.item = item;
     if (!item) {
+      select(null);
       showOnly("empty");  // init's timer asks again every few seconds
       return;
     }
