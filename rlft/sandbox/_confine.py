@@ -160,7 +160,7 @@ def landlock(read_paths: list[str], write_paths: list[str], abi: int) -> None:
 
 # System call numbers: x86_64 (asm/unistd_64.h) and the generic table aarch64 uses (asm-generic/unistd.h).
 _ARCH = {
-    "x86_64": (0xC000003E, dict(
+    "x86_64": (0xC000003E, dict(  # noqa: C408 -- a table of names
         kill=62, tkill=200, tgkill=234, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, pidfd_send_signal=424,
         pidfd_open=434, pidfd_getfd=438, ptrace=101, process_vm_readv=310, process_vm_writev=311, kcmp=312,
         setsid=112, setpgid=109, socket=41, unshare=272, setns=308, clone=56, clone3=435, fork=57, vfork=58,
@@ -170,7 +170,7 @@ _ARCH = {
         sched_setaffinity=203, ioprio_set=251, migrate_pages=256, move_pages=279, prlimit64=302,
         process_madvise=440, process_mrelease=448, open_by_handle_at=304, name_to_handle_at=303,
         open_tree=428, move_mount=429, fsopen=430, fsmount=432, fspick=433, mount_setattr=442)),
-    "aarch64": (0xC00000B7, dict(
+    "aarch64": (0xC00000B7, dict(  # noqa: C408
         kill=129, tkill=130, tgkill=131, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, pidfd_send_signal=424,
         pidfd_open=434, pidfd_getfd=438, ptrace=117, process_vm_readv=270, process_vm_writev=271, kcmp=272,
         setsid=157, setpgid=154, socket=198, unshare=97, setns=268, clone=220, clone3=435,

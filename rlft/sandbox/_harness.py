@@ -27,14 +27,13 @@ import builtins
 import marshal
 import os
 import signal
-import sys
 import time
 
 if __name__ != "__main__":  # imported on the host; inside the sandbox the modules share one namespace
     from . import _confine
-    from ._wire import MAX_ITEMS, ProtocolError, Unencodable, decode, dumps, encode, loads, recv, send
+    from ._wire import MAX_ITEMS, MAX_MSG, ProtocolError, Unencodable, decode, dumps, encode, loads, recv, send
 else:
-    class _confine:  # noqa: N801 -- the functions of _confine.py, executed just before this file
+    class _confine:  # the functions of _confine.py, executed just before this file
         nondumpable, subreaper, drop_capabilities = nondumpable, subreaper, drop_capabilities  # noqa: F821
         landlock, seccomp = landlock, seccomp  # noqa: F821
 
@@ -97,7 +96,7 @@ def _serve(rfd, wfd):
         try:
             kind = msg[0]
             if kind == "exec":
-                exec(compile(msg[1], "solution.py", "exec", dont_inherit=True), ns)
+                exec(compile(msg[1], "solution.py", "exec", dont_inherit=True), ns)  # noqa: S102 -- the worker's job
                 out = None
             elif kind == "get":
                 if msg[1] not in ns:
@@ -109,9 +108,12 @@ def _serve(rfd, wfd):
                 out = getattr(objs[msg[1]], msg[2])
             else:
                 out = ops[msg[2]](objs[msg[1]], *arg(msg[3]))
-            reply = dumps(("ok", encode(out, register)))
-            if len(reply) > 1 << 22:
-                raise Unencodable("return value too large")
+            try:
+                reply = dumps(("ok", encode(out, register)))
+                if len(reply) > MAX_MSG - 64:
+                    raise Unencodable("return value too large")
+            except Unencodable:                 # too big or too deep to copy: it stays here
+                reply = dumps(("ok", register(out)))
         except BaseException as e:  # noqa: BLE001 -- everything the program raises goes back as data
             try:
                 text = str(e)[:300]
@@ -131,7 +133,7 @@ class _Stop(BaseException):
 class Remote:
     """An object that lives in the worker. ``==`` is identity: it never equals a trusted value."""
 
-    __slots__ = ("_link", "_id", "_type")
+    __slots__ = ("_id", "_link", "_type")
 
     def __init__(self, link, hid, type_name):
         self._link, self._id, self._type = link, hid, type_name
@@ -221,7 +223,7 @@ class Link:
 
         def other(v):
             if type(v) is Remote and v._link is self:
-                return ("h", v._id)
+                return ("h", v._id, v._type)
             raise TypeError(f"cannot pass a {type(v).__name__} to the program")
         if kind == "call":
             args = (args[0], encode(args[1], other), encode(args[2], other))
@@ -255,8 +257,6 @@ class Link:
 
 
 def _stdlib_module(name):
-    if name not in getattr(sys, "stdlib_module_names", ()):
-        return None
     try:
         return __import__(name)
     except ImportError:
@@ -272,23 +272,36 @@ def supervise(job, link):
         compile(program, "solution.py", "exec", dont_inherit=True)
     except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as e:
         return 0, total, "syntax_error", f"{type(e).__name__}: {e}"[:300]
-    results, touched = {}, set()
+    results, touched, looped = {}, set(), plan["looped"]
 
     def rec(idx, ok):
         results[idx] = results.get(idx, True) and ok
         touched.add(idx)
 
-    def abort_unit():
-        for idx in touched & plan["looped"]:       # a loop of asserts that did not finish is not a pass
-            results[idx] = False
+    def settle(lo, hi):
+        """The unit holding asserts lo..hi-1 did not finish: what it did not check, it did not pass."""
+        for idx in range(lo, hi):
+            if idx not in results or (idx in touched and idx in looped):
+                results[idx] = False
+
+    def check_call():
+        try:
+            candidate = link.request("get", entry)
+        except NameError:
+            link.errors.append(f"NameError: the program defines no {entry!r}")
+            raise
+        ns["check"](candidate)
 
     ns = {"__name__": "__rlft_tests__", "__builtins__": builtins, "__rlft_rec__": rec,
           "__rlft_bool__": bool, "__rlft_stop__": _Stop}
-    clean, detail = True, ""
+    calls = list(zip(plan["units"], plan["ranges"]))
+    if entry and plan["has_check"]:
+        calls.append((check_call, plan["check_range"]))
+    clean, detail, done = True, "", 0
     try:
         link.request("exec", program)
         for name in plan["free"]:
-            mod = _stdlib_module(name) if name != entry else None
+            mod = _stdlib_module(name) if name in plan["modules"] and name != entry else None
             if mod is not None:
                 ns[name] = mod                  # `math.isclose` in a test is the real one
                 continue
@@ -296,31 +309,29 @@ def supervise(job, link):
                 ns[name] = link.request("get", name)
             except NameError:
                 link.errors.append(f"NameError: the program defines no {name!r}")
-        calls = list(plan["units"])
-        if entry and plan["has_check"]:
-            try:
-                candidate = link.request("get", entry)
-                calls.append(lambda: ns["check"](candidate))
-            except NameError:
-                link.errors.append(f"NameError: the program defines no {entry!r}")
-                clean = False
-        for unit in calls:
+        for unit, (lo, hi) in calls:
             touched.clear()
             try:
-                unit() if callable(unit) else exec(unit, ns)
+                unit() if callable(unit) else exec(unit, ns)  # noqa: S102 -- trusted test code
             except _Stop:
-                abort_unit()
+                settle(lo, hi)
                 raise
             except BaseException as e:  # noqa: BLE001 -- a failing test, from the program or the test code
-                abort_unit()
+                settle(lo, hi)
                 clean = False
                 detail = detail or f"{type(e).__name__}: {e}"[:300]
+            finally:
+                done += 1
     except _Stop:
         clean = False
     except BaseException as e:  # noqa: BLE001 -- the program raised at import time
         clean = False
         detail = f"{type(e).__name__}: {e}"[:300]
-    passed = sum(results.values()) if plan["n_asserts"] else int(clean and link.stop is None)
+    touched.clear()
+    for _, (lo, hi) in calls[done:]:            # units that never ran
+        settle(lo, hi)
+    n = plan["n_asserts"]
+    passed = sum(results.get(i, True) for i in range(n)) if n else int(clean and link.stop is None)
     if passed == total:
         return passed, total, "ok", ""
     if link.stop is not None:

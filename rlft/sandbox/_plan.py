@@ -11,9 +11,11 @@
         __rlft_ok__ = False
     __rlft_rec__(IDX, __rlft_ok__)
 
-so each assert statement is one test, and a failing one does not hide the ones after it. The
-supervisor records a statement as passed when every execution of it passed (asserts in a loop run
-many times). The rewritten code is compiled here and shipped as code objects, so the sandbox does not
+so each assert statement is one test, and a failing one does not hide the ones after it. A statement
+passes when every execution of it passed (asserts in a loop run many times), or when it never ran
+because the test code legitimately went around it (``try: f(-1); assert False / except ValueError``)
+and the snippet -- or ``check`` -- holding it ran to its end. In a snippet that stopped on an
+exception, asserts that did not run, and asserts in a loop that did not finish, failed. The rewritten code is compiled here and shipped as code objects, so the sandbox does not
 import ``ast`` (a few milliseconds per program).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import ast
 import builtins
 import marshal
+import sys
 from functools import lru_cache
 
 _TEMPLATE = ast.parse("""
@@ -74,17 +77,21 @@ class Plan:
         snippets = [tests] if isinstance(tests, str) else list(tests)
         if not snippets or not all(isinstance(s, str) for s in snippets):
             raise ValueError("tests must be a non-empty string or list of strings")
-        rewriter, loaded, bound, self.units = _Asserts(), set(), set(), []
-        self.has_check = False
+        rewriter, loaded, bound, called, self.units, self.ranges = _Asserts(), set(), set(), set(), [], []
+        self.has_check, self.check_range = False, (0, 0)
         for i, src in enumerate(snippets):
+            first = rewriter.n
             try:
                 tree = ast.parse(src, f"<test {i}>")
             except (SyntaxError, ValueError) as e:
                 raise ValueError(f"test {i} does not parse: {e}") from None
-            self.has_check |= any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
+            defines_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
+            self.has_check |= defines_check
             for node in ast.walk(tree):
                 if isinstance(node, ast.Name):
                     (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+                elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                    called.add(node.func.id)
                 elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                     bound.add(node.name)
                 elif isinstance(node, ast.arg):
@@ -95,13 +102,20 @@ class Plan:
                     bound.add(node.name)
             tree = ast.fix_missing_locations(rewriter.visit(tree))
             self.units.append(compile(tree, f"<test {i}>", "exec", dont_inherit=True))
+            self.ranges.append((first, rewriter.n))
+            if defines_check:
+                self.check_range = (first, rewriter.n)
         self.n_asserts, self.looped = rewriter.n, rewriter.looped
         self.total = max(1, self.n_asserts)
         self.free = sorted(loaded - bound - set(dir(builtins)))
+        # Free names that are standard modules the tests use as modules (``math.isclose``), not call
+        # (``chunk(xs, 2)`` is the program's function): the supervisor imports its own, trusted copy.
+        self.modules = sorted(n for n in self.free if n in getattr(sys, "stdlib_module_names", ()) and n not in called)
 
     def data(self) -> dict:
-        return {"units": self.units, "n_asserts": self.n_asserts, "looped": set(self.looped),
-                "free": self.free, "has_check": self.has_check, "total": self.total}
+        return {"units": self.units, "ranges": self.ranges, "n_asserts": self.n_asserts,
+                "looped": set(self.looped), "free": self.free, "has_check": self.has_check,
+                "check_range": self.check_range, "modules": self.modules, "total": self.total}
 
 
 @lru_cache(maxsize=4096)

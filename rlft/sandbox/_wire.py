@@ -37,7 +37,12 @@ class Unencodable(Exception):
 
 
 def encode(v, other):
-    """Value -> literal tree. ``other(v)`` is called for anything that is not a plain builtin value."""
+    """Value -> literal tree. ``other(v)`` is called for anything that is not a builtin value.
+
+    Instances of *subclasses* of the builtin types (``Counter``, ``OrderedDict``, a namedtuple, an
+    ``IntEnum``, ``class Evil(int)``) cross as the value their builtin part really holds, read with
+    the builtin type's own methods (``dict.copy``, ``int.__int__``): overrides of ``__eq__``,
+    ``__iter__``... never run on the other side, which gets a genuine ``dict``/``int``."""
     budget = [MAX_ITEMS]
 
     def enc(v, depth):
@@ -63,9 +68,18 @@ def encode(v, other):
             return ("B", bytes(v))
         if t is complex:
             return ("c", enc(v.real, depth + 1), enc(v.imag, depth + 1))
+        for base, plain in _BASES:
+            if isinstance(v, base):
+                return enc(plain(v), depth)
         return other(v)
 
     return enc(v, 0)
+
+
+_BASES = ((str, str.__str__), (int, int.__int__), (float, float.__float__), (bytes, bytes.__bytes__),
+          (dict, dict.copy), (list, list.copy), (tuple, lambda v: tuple.__getitem__(v, slice(None))),
+          (set, set.copy), (frozenset, lambda v: frozenset(frozenset.__iter__(v))),
+          (complex, complex.__complex__), (bytearray, bytearray))
 
 
 def decode(tree, handle):

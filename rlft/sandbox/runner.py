@@ -126,7 +126,7 @@ def _bwrap_argv(tmp_mb: int) -> list[str]:
     if os.geteuid() == 0:
         argv += ["--cap-drop", "ALL"]
     for p in _read_paths():
-        if p != "/usr" and (p.startswith("/usr/") or p.startswith("/dev/")):
+        if p != "/usr" and p.startswith(("/usr/", "/dev/")):
             continue
         if os.path.islink(p) and p.count("/") == 1:             # merged /usr: /lib -> usr/lib
             argv += ["--symlink", os.readlink(p), p]
@@ -143,7 +143,7 @@ def _bwrap_has(option: str) -> bool:
     if "help" not in _cache:
         try:
             _cache["help"] = subprocess.run([shutil.which("bwrap") or "bwrap", "--help"], capture_output=True,
-                                            text=True, timeout=10).stdout
+                                            text=True, timeout=10, check=False).stdout
         except (OSError, subprocess.SubprocessError):
             _cache["help"] = ""
     return option in _cache["help"]
@@ -160,7 +160,7 @@ def _bwrap_works() -> tuple[bool, str]:
         return False, "bwrap is not installed (apt-get install bubblewrap)"
     try:
         r = subprocess.run(_bwrap_argv(8) + [_python(), "-I", "-S", "-c", "pass"], env=_env("/tmp"),
-                           capture_output=True, text=True, timeout=30, start_new_session=True)
+                           capture_output=True, text=True, timeout=30, start_new_session=True, check=False)
     except (OSError, subprocess.SubprocessError) as e:
         return False, f"bwrap could not start: {e}"
     if r.returncode != 0:
@@ -290,7 +290,7 @@ def run_tests(program: str, tests: str | list[str], *, entry_point: str | None =
     nproc = 0
     if allow_fork and not root:
         nproc = max_procs + 4 if mode == "bwrap" else _user_tasks() + max_procs
-    cfg = {"cpu_s": int(math.ceil(timeout_s)) + 1, "memory_mb": int(memory_mb), "file_mb": int(file_mb),
+    cfg = {"cpu_s": math.ceil(timeout_s) + 1, "memory_mb": int(memory_mb), "file_mb": int(file_mb),
            "nofile": 64, "nproc": nproc, "allow_fork": allow_fork, "landlock": info["landlock"],
            "seccomp": info["seccomp"], "read_paths": _read_paths()}
     secret = secrets.token_hex(16)

@@ -1,0 +1,1 @@
+"""Task presets: dataset formats, prompt templates, rewards and metrics (see docs/)."""
