@@ -54,9 +54,17 @@ def _fenced_blocks(text: str) -> list[str]:
     return [m.group(2) for m in _FENCE.finditer(text) if m.group(1).lower() in _PY_LANGS]
 
 
+def _first_line_end(text: str) -> int:
+    """Index just past the first non-blank line of ``text``."""
+    start = len(text) - len(text.lstrip())
+    end = text.find("\n", start)
+    return len(text) if end < 0 else end + 1
+
+
 def _trim(code: str, keep: int = 0) -> str:
     """Drop trailing lines (a statement cut off by max_new_tokens, prose after the code) until the code
-    parses, never cutting into the first ``keep`` characters; unchanged if nothing parses."""
+    parses, never cutting into the first ``keep`` characters; unchanged if nothing parses. ``keep``
+    always covers the first line of the completion, so a one-line syntax error stays an error."""
     if _parses(code):
         return code
     lines = code.splitlines(keepends=True)
@@ -80,7 +88,9 @@ def extract_code(completion: str, code_prefix: str | None = None, entry_point: s
     3. With a ``code_prefix`` (completion-style prompt: signature + docstring), the program is
        ``code_prefix + code``. A completion that rewrites the whole function also works: the prefix's
        function (a docstring only) is simply redefined.
-    4. Trailing lines are dropped until the program parses (a statement cut off at ``max_new_tokens``).
+    4. If the program does not parse, trailing lines are dropped until it does (a statement cut off at
+       ``max_new_tokens``, prose after the code), but never the completion's first line: code that is
+       wrong from its first line stays a syntax error.
 
     >>> extract_code("Sure:\\n```python\\ndef f(x):\\n    return x\\n```\\nDone.")
     'def f(x):\\n    return x\\n'
@@ -98,8 +108,8 @@ def extract_code(completion: str, code_prefix: str | None = None, entry_point: s
         prefix = code_prefix if code_prefix.endswith("\n") else code_prefix + "\n"
         if blocks and not code.startswith((" ", "\t")) and not _parses(prefix + code):
             prefix += "    pass\n"             # a prefix ending in an open def, then a whole new function
-        return _trim(prefix + code, keep=len(prefix))
-    return _trim(code)
+        return _trim(prefix + code, keep=len(prefix) + _first_line_end(code))
+    return _trim(code, keep=_first_line_end(code))
 
 
 # ------------------------------------------------------------------------------------------- running
