@@ -8,6 +8,6 @@
 See docs/sandbox.md for the threat model and what is isolated with and without bubblewrap.
 """
 
-from .runner import STATUSES, Job, TestResult, isolation, run_batch, run_tests
+from .runner import STATUSES, Job, TestResult, bwrap_available, isolation, run_batch, run_tests
 
-__all__ = ["STATUSES", "Job", "TestResult", "isolation", "run_batch", "run_tests"]
+__all__ = ["STATUSES", "Job", "TestResult", "bwrap_available", "isolation", "run_batch", "run_tests"]

@@ -340,7 +340,9 @@ def supervise(job, link):
         return passed, total, "memory", (link.errors[0] if link.errors else detail)[:300]
     if link.errors:
         return passed, total, "runtime_error", link.errors[0][:300]
-    return passed, total, "ok", detail or f"{total - passed} of {total} tests failed"
+    first = next((i for i in range(n) if not results.get(i, True)), None)
+    what = f"; first: {plan['sources'][first]}" if first is not None else f"; {detail}" if detail else ""
+    return passed, total, "ok", f"{total - passed} of {total} tests failed{what}"[:300]
 
 
 def _read_frame(fd):

@@ -43,7 +43,7 @@ class _Asserts(ast.NodeTransformer):
     """Replaces each ``assert`` by the template above; notes which are inside a loop."""
 
     def __init__(self):
-        self.n, self.looped, self._loops = 0, set(), 0
+        self.n, self.looped, self._loops, self.sources = 0, set(), 0, []
 
     def _loop(self, node):
         self._loops += 1
@@ -55,6 +55,7 @@ class _Asserts(ast.NodeTransformer):
 
     def visit_Assert(self, node):
         idx, self.n = self.n, self.n + 1
+        self.sources.append(ast.unparse(ast.Assert(node.test))[:200])
         if self._loops:
             self.looped.add(idx)
         fill = _Fill(node.test, idx)
@@ -105,7 +106,7 @@ class Plan:
             self.ranges.append((first, rewriter.n))
             if defines_check:
                 self.check_range = (first, rewriter.n)
-        self.n_asserts, self.looped = rewriter.n, rewriter.looped
+        self.n_asserts, self.looped, self.sources = rewriter.n, rewriter.looped, rewriter.sources
         self.total = max(1, self.n_asserts)
         self.free = sorted(loaded - bound - set(dir(builtins)))
         # Free names that are standard modules the tests use as modules (``math.isclose``), not call
@@ -115,7 +116,8 @@ class Plan:
     def data(self) -> dict:
         return {"units": self.units, "ranges": self.ranges, "n_asserts": self.n_asserts,
                 "looped": set(self.looped), "free": self.free, "has_check": self.has_check,
-                "check_range": self.check_range, "modules": self.modules, "total": self.total}
+                "check_range": self.check_range, "modules": self.modules, "total": self.total,
+                "sources": self.sources}
 
 
 @lru_cache(maxsize=4096)

@@ -168,6 +168,15 @@ def _bwrap_works() -> tuple[bool, str]:
     return True, ""
 
 
+def bwrap_available() -> tuple[bool, str]:
+    """Whether bubblewrap runs here (probed once: installed, and the kernel grants it namespaces), and
+    if not, why."""
+    with _lock:
+        if "bwrap" not in _cache:
+            _cache["bwrap"] = _bwrap_works()
+        return _cache["bwrap"]
+
+
 def _mode(use_bwrap: bool | None) -> str:
     """``bwrap`` or ``plain``: ``use_bwrap`` if given, else env ``RLFT_SANDBOX`` (auto|bwrap|plain)."""
     if use_bwrap is None:
@@ -178,10 +187,7 @@ def _mode(use_bwrap: bool | None) -> str:
     if use_bwrap is False:
         mode = "plain"
     else:
-        with _lock:
-            if "bwrap" not in _cache:
-                _cache["bwrap"] = _bwrap_works()
-        ok, why = _cache["bwrap"]
+        ok, why = bwrap_available()
         if not ok and use_bwrap:
             raise RuntimeError(f"the sandbox was asked to use bubblewrap, but {why}")
         mode = "bwrap" if ok else "plain"
