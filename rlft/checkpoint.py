@@ -46,7 +46,7 @@ def set_rng_state(s: dict, generator: torch.Generator | None) -> None:
 
 
 def save(out: Path, step: int, model, tokenizer, cfg, trainer_state: dict, keep: int = 0,
-         extra: dict[str, torch.nn.Module] | None = None) -> Path:
+         extra: dict[str, torch.nn.Module] | None = None, before_rename=None) -> Path:
     """Write ``out/checkpoint-{step}`` atomically and prune to the newest ``keep`` (0 = keep all)."""
     out = Path(out)
     final = out / f"checkpoint-{step}"
@@ -62,9 +62,12 @@ def save(out: Path, step: int, model, tokenizer, cfg, trainer_state: dict, keep:
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
     torch.save(trainer_state, tmp / STATE)
     cfg.save(tmp / "config.yaml")
+    if before_rename is not None:  # more files that must land with the checkpoint, e.g. merged LoRA weights
+        before_rename(tmp)
     for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

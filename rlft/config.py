@@ -31,6 +31,17 @@ def opt(default, doc: str, choices: tuple | None = None):
 
 
 @dataclass
+class LoraConfig:
+    r: int = opt(0, "LoRA rank; 0 = full fine-tuning. Needs the `lora` extra (PEFT).")
+    alpha: int = opt(16, "LoRA alpha (the update is scaled by alpha / r).")
+    dropout: float = opt(0.0, "Dropout on the LoRA path.")
+    target_modules: list = opt(["all-linear"], "Modules that get adapters: names like q_proj, v_proj, or "
+                               "'all-linear'.")
+    save_merged: bool = opt(False, "Also write the final checkpoint with adapters merged into the weights "
+                            "(`merged/`, loadable by plain transformers).")
+
+
+@dataclass
 class ModelConfig:
     path: str = opt("", "Local folder or hub id of an AutoModelForCausalLM (and its tokenizer).")
     tokenizer: str = opt("", "Tokenizer folder or hub id, when it differs from `path`.")
@@ -42,6 +53,9 @@ class ModelConfig:
                        ("auto", "on", "off"))
     trust_remote_code: bool = opt(False, "Allow model code from the hub (transformers' trust_remote_code).")
     revision: str = opt("", "Hub revision (branch, tag or commit) to load.")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass: less memory, ~30% "
+                                       "more compute in the update.")
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass

@@ -89,3 +89,10 @@ class RunLogger:
     def finish(self) -> None:
         if self.progress:
             self.progress.stop()
+
+
+class NullLogger:
+    """What ranks other than 0 log: nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None

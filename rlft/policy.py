@@ -25,8 +25,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_policy(cfg: ModelConfig):
-    """Load model and tokenizer from a local folder or a hub id; fix what real checkpoints lack."""
+def load_policy(cfg: ModelConfig, adapter: str | None = None):
+    """Load model and tokenizer from a local folder or a hub id; fix what real checkpoints lack.
+
+    With ``model.lora.r > 0`` the model is wrapped with LoRA adapters: new ones, or those saved in
+    ``adapter`` (a checkpoint folder)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not cfg.path:
@@ -45,7 +48,36 @@ def load_policy(cfg: ModelConfig):
         raise ConfigError(f"cannot load model.path {cfg.path!r} {where}: {e}") from None
     model.to(pick_device(cfg.device))
     prepare_tokenizer(tokenizer, model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # the sampler passes use_cache=True explicitly
+    if cfg.lora.r > 0:
+        model = add_lora(model, cfg, adapter)
     return model, tokenizer
+
+
+def add_lora(model, cfg: ModelConfig, adapter: str | None = None):
+    """Wrap the model with PEFT LoRA adapters (new ones, or trainable ones loaded from ``adapter``)."""
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise ConfigError("model.lora.r > 0 needs PEFT: pip install 'rlft[lora]'") from None
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    tm = cfg.lora.target_modules
+    target = "all-linear" if tm == ["all-linear"] else list(tm)
+    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=target, task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+def unwrap(model):
+    """The transformers model inside a PEFT wrapper (its layers carry the adapters), else the model."""
+    return model.get_base_model() if is_lora(model) else model
 
 
 def prepare_tokenizer(tokenizer, model) -> None:
@@ -120,6 +152,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def output_head(model):
     """The backbone, the LM head, and the model's logit post-processing (soft-capping, scaling)."""
+    model = unwrap(model)
     cfg = model.config
     scale = getattr(cfg, "logit_scale", None)
     cap = getattr(cfg, "final_logit_softcapping", None)

@@ -57,7 +57,9 @@ def _cache_names(model) -> tuple[str, str]:
     """The KV-cache keyword of this transformers version: `cache` (5.x) or `past_key_values` (4.x)."""
     import inspect
 
-    return ("cache", "cache") if "cache" in inspect.signature(model.forward).parameters else \
+    from .policy import unwrap
+
+    return ("cache", "cache") if "cache" in inspect.signature(unwrap(model).forward).parameters else \
         ("past_key_values", "past_key_values")
 
 

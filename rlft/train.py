@@ -20,12 +20,13 @@ from typing import Callable
 
 import torch
 
-from . import checkpoint, estimators
+from . import checkpoint, distributed, estimators
 from .config import Config, ConfigError
 from .data import PromptStream, columns_of, load_splits
-from .log import RunLogger
+from .log import NullLogger, RunLogger
 from .loss import Norm, aggregate, kl_penalty, pg_loss
-from .policy import ValueHead, completion_logp, encode_prompt, format_prompt, frozen_copy, left_pad, load_policy
+from .policy import (ValueHead, completion_logp, encode_prompt, format_prompt, frozen_copy, is_lora, left_pad,
+                     load_policy)
 from .rewards import Reward, check_columns, compute, resolve
 from .rollout import Rollout, hf_generate, sample
 
@@ -132,8 +133,13 @@ def make_scheduler(opt, warmup: int, total: int, kind: str):
 
 def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = False,
           overwrite: bool = False) -> Path:
-    """Run policy-gradient training as configured; returns the run folder."""
-    out = prepare_out(cfg, resume, overwrite)
+    """Run policy-gradient training as configured; returns the run folder.
+
+    Under torchrun every rank runs this function; rank 0 writes the run folder."""
+    ctx = distributed.setup()
+    check_world(cfg, ctx)
+    out = prepare_out(cfg, resume, overwrite) if ctx.is_main else Path(cfg.train.out)
+    ctx.barrier()
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     reward_fns = build_rewards(cfg, rewards)
@@ -148,15 +154,18 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
         raise ConfigError(f"{e} (dataset {cfg.data.train})") from None
     ckpt = checkpoint.latest(out) if resume else None
     sft_dir = out / "sft-model"
-    if ckpt is not None:
-        init_path = str(ckpt)
-    elif cfg.sft.steps > 0 and sft_dir.exists() and resume:
-        init_path = str(sft_dir)
+    warm = sft_dir if cfg.sft.steps > 0 and sft_dir.exists() and resume else None
+    lora = cfg.model.lora.r > 0
+    if lora:  # the base weights never change; checkpoints and the warm start hold adapters
+        init_path, adapter = cfg.model.path, str(ckpt or warm) if (ckpt or warm) else None
     else:
-        init_path = cfg.model.path
-    model, tok = load_policy(_with_path(cfg, init_path))
-    cfg.save(out / "config.yaml")
-    logger = RunLogger(out, cfg, resume_step=checkpoint.load_state(ckpt)["step"] if ckpt else None)
+        init_path, adapter = str(ckpt or warm or cfg.model.path), None
+    model, tok = load_policy(_with_path(cfg, init_path), adapter=adapter)
+    if ctx.is_main:
+        cfg.save(out / "config.yaml")
+        logger = RunLogger(out, cfg, resume_step=checkpoint.load_state(ckpt)["step"] if ckpt else None)
+    else:
+        logger = NullLogger()
     prompts = Prompts(cfg, tok)
     train_rows = prompts.encode(train_rows, cfg.data.train)
     eval_rows = prompts.encode(eval_rows, cfg.data.eval or cfg.data.train)[:cfg.train.eval_max_prompts]
@@ -167,13 +176,20 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
     if cfg.sft.steps > 0 and ckpt is None and not sft_dir.exists():  # the warm start
         from .sft import supervised
 
-        supervised(model, tok, train_rows, cfg, logger)
-        model.save_pretrained(sft_dir)
-        tok.save_pretrained(sft_dir)
+        supervised(model, tok, train_rows, cfg, logger)  # every rank: same data, same seed, same result
+        if ctx.is_main:
+            model.save_pretrained(sft_dir)
+            tok.save_pretrained(sft_dir)
     ref = None
-    if cfg.algo.kl_coef > 0:  # the reference is the policy RL starts from: the warm start, else model.path
-        ref = frozen_copy(model) if ckpt is None else \
-            load_policy(_with_path(cfg, str(sft_dir) if sft_dir.exists() else cfg.model.path))[0].eval()
+    if cfg.algo.kl_coef > 0:
+        # the reference: with LoRA, the same model with its adapters switched off (no second copy); else a
+        # frozen copy of the policy RL starts from (the warm start, else model.path)
+        if lora:
+            ref = ADAPTERS_OFF
+        elif ckpt is None:
+            ref = frozen_copy(model)
+        else:
+            ref = load_policy(_with_path(cfg, str(sft_dir) if sft_dir.exists() else cfg.model.path))[0].eval()
     a, r_cfg, o = cfg.algo, cfg.rollout, cfg.optim
     value_head = ValueHead(model.config.hidden_size).to(device) if a.estimator == "value" else None
     params = [p for p in model.parameters() if p.requires_grad] + \
@@ -181,7 +197,7 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
     opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     total_updates = cfg.train.steps * a.num_iterations * a.mini_batches
     sched = make_scheduler(opt, o.warmup_steps, total_updates, o.schedule)
-    gen = torch.Generator(device).manual_seed(cfg.train.seed)
+    gen = torch.Generator(device).manual_seed(cfg.train.seed + 1_000_003 * ctx.rank)  # own stream per rank
     stream = PromptStream(train_rows, cfg.train.seed, cfg.data.shuffle)
     est_state: dict = {}
     start = 0
@@ -191,21 +207,30 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
         sched.load_state_dict(st["scheduler"])
         stream.load_state(st["data"])
         est_state = st["estimator"]
-        checkpoint.set_rng_state(st["rng"], gen)
+        ranks = st.get("rng_ranks", [st["rng"]])
+        if len(ranks) != ctx.world:
+            raise RunError(f"--resume: the checkpoint {ckpt} was written by {len(ranks)} process(es); resume it "
+                           f"with the same number (got {ctx.world})")
+        checkpoint.set_rng_state(ranks[ctx.rank], gen)
         if value_head is not None:
             checkpoint.load_extra(ckpt, "value_head", value_head)
         start = st["step"]
     logger.start(start, len(train_rows), len(eval_rows), {**data_counts, **prompts.counts})
 
     def save(step: int):
+        rngs = ctx.gather_objects(checkpoint.rng_state(gen))
+        if not ctx.is_main:
+            return
         state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "data": stream.state(), "estimator": est_state, "rng": checkpoint.rng_state(gen)}
+                 "data": stream.state(), "estimator": est_state, "rng": rngs[0], "rng_ranks": rngs}
+        merge = lora and cfg.model.lora.save_merged and step == cfg.train.steps
         path = checkpoint.save(out, step, model, tok, cfg, state, cfg.train.keep_checkpoints,
-                               {"value_head": value_head} if value_head else None)
+                               {"value_head": value_head} if value_head else None,
+                               before_rename=(lambda tmp: _save_merged(model, tok, tmp / "merged")) if merge else None)
         logger.note(f"checkpoint {path}")
 
     def evaluate(step: int):
-        if eval_rows:
+        if eval_rows and ctx.is_main:
             logger.eval(step, evaluate_greedy(model, tok, eval_rows, reward_fns, cfg, device))
 
     if start == 0:
@@ -213,7 +238,7 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
     for step in range(start + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
         # 1-3. prompts, rollout, rewards (filter_groups samples again for groups with no signal)
-        batch, sample_s, filter_stats = collect(model, tok, stream, reward_fns, cfg, gen, step, device)
+        batch, sample_s, filter_stats = collect(model, tok, stream, reward_fns, cfg, gen, step, device, ctx)
         ro = batch.rollout
         t1 = time.perf_counter()
         loss_mask = ro.completion_mask * batch.valid[:, None]                          # [N, T]
@@ -222,8 +247,7 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
         # 4. reference log-probs, only when the KL is on
         ref_logp = None
         if ref is not None:
-            with torch.no_grad():
-                ref_logp = _in_micro_batches(ref, ro, o.micro_batch_size, r_cfg.temperature)
+            ref_logp = reference_logp(model, ref, ro, o.micro_batch_size, r_cfg.temperature)
         token_rewards = batch.token_rewards
         if ref_logp is not None and a.kl_in == "reward":
             token_rewards = token_rewards - a.kl_coef * (ro.logp - ref_logp) * ro.completion_mask
@@ -235,15 +259,20 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
         if a.estimator == "remax":
             greedy_rewards = _greedy_baseline(model, tok, batch.rows[::r_cfg.num_generations], reward_fns, cfg,
                                               step, device)
+        # over the global batch: each rank gathers every rank's groups, so batch statistics are global
+        all_rewards, mine = ctx.gather_rows(token_rewards)
+        gathered = [None if x is None else ctx.gather_rows(x)[0] for x in (values, greedy_rewards)]
         adv = estimators.advantages(a.estimator, estimators.Inputs(
-            token_rewards, ro.completion_mask, r_cfg.num_generations, a.gamma, values, greedy_rewards,
+            all_rewards, ctx.gather_rows(ro.completion_mask)[0], r_cfg.num_generations, a.gamma, *gathered,
             est_state), baseline=a.baseline, ema_decay=a.ema_decay, scale=a.scale, group_baseline=a.group_baseline)
+        adv = adv[mine, :ro.completion_mask.shape[1]]
         # 6. update
-        upd = update(model, value_head, opt, sched, params, ro, adv, loss_mask, ref_logp, token_rewards, cfg)
+        upd = update(model, value_head, opt, sched, params, ro, adv, loss_mask, ref_logp, token_rewards, cfg, ctx)
         t2 = time.perf_counter()
         # 7. log, evaluate, checkpoint
-        seq_r = (batch.token_rewards * ro.completion_mask).sum(-1)[batch.valid] if batch.valid.any() else \
-            torch.zeros(1)
+        seq_all = ctx.gather_rows((batch.token_rewards * ro.completion_mask).sum(-1))[0]
+        valid_all = ctx.gather_rows(batch.valid)[0]
+        seq_r = seq_all[valid_all] if valid_all.any() else torch.zeros(1)
         zero_adv = (adv.abs() * ro.completion_mask).sum(-1) == 0
         n_tok = int(ro.completion_mask.sum())
         metrics = {
@@ -253,12 +282,12 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
             "rollout/truncated_frac": sum(f == "length" for f in ro.finish) / len(ro.finish),
             "rollout/eos_frac": sum(f == "eos" for f in ro.finish) / len(ro.finish),
             "rollout/zero_advantage_frac": float(zero_adv.float().mean()),
-            "rollout/samples": len(ro.finish), **filter_stats,
+            "rollout/samples": len(seq_all), **filter_stats,
             **upd, "lr": sched.get_last_lr()[0],
             "perf/step_seconds": t2 - t0, "perf/sample_seconds": sample_s, "perf/update_seconds": t2 - t1,
             "perf/tokens_per_second": n_tok / max(sample_s, 1e-9),
         }
-        logger.step(step, metrics, batch)
+        logger.step(step, ctx.mean_metrics(metrics), batch)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
             evaluate(step)
         if step == cfg.train.steps or (cfg.train.save_every and step % cfg.train.save_every == 0):
@@ -266,7 +295,38 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
     if start < cfg.train.steps:
         evaluate(cfg.train.steps)
     logger.finish()
+    ctx.barrier()
     return out
+
+
+def check_world(cfg: Config, ctx) -> None:
+    """Each rank owns whole prompt groups, and its share splits into the mini-batches."""
+    if not ctx.on:
+        return
+    b, w = cfg.rollout.batch_prompts, ctx.world
+    if b % w or (b // w) % cfg.algo.mini_batches:
+        raise ConfigError(f"rollout.batch_prompts={b} must split evenly over {w} processes and then into "
+                          f"algo.mini_batches={cfg.algo.mini_batches} (each rank owns whole prompt groups)")
+
+
+ADAPTERS_OFF = "adapters-off"  # the reference policy is the LoRA model with its adapters disabled
+
+
+def reference_logp(model, ref, ro: Rollout, micro: int, temperature: float) -> torch.Tensor:
+    with torch.no_grad():
+        if ref is ADAPTERS_OFF:
+            with model.disable_adapter():
+                return _in_micro_batches(model, ro, micro, temperature)
+        return _in_micro_batches(ref, ro, micro, temperature)
+
+
+def _save_merged(model, tok, path: Path) -> None:
+    """LoRA merged into a copy of the weights: a folder plain transformers loads."""
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
 
 
 def _with_path(cfg: Config, path: str):
@@ -304,16 +364,27 @@ def score(rows, ro: Rollout, reward_fns, cfg: Config, step: int):
     return dense.to(ro.logp.device), torch.tensor([not b for b in res.invalid], device=ro.logp.device), res
 
 
-def collect(model, tok, stream, reward_fns, cfg: Config, gen, step: int, device):
-    """B prompt groups, sampled and scored. With filter_groups, groups whose rewards are all equal are
-    dropped and new prompts sampled, up to max_filter_rounds extra rounds."""
+def collect(model, tok, stream, reward_fns, cfg: Config, gen, step: int, device, ctx=distributed.Dist()):
+    """This rank's share of the B prompt groups, sampled and scored. With filter_groups, groups whose rewards
+    are all equal are dropped and new prompts sampled, up to max_filter_rounds extra rounds. Every rank draws
+    the same prompts from the stream and takes its own slice, so the streams never diverge."""
     r, a = cfg.rollout, cfg.algo
     g = r.num_generations
     kept_rows, kept_ro, kept_rew, kept_valid, metrics_list = [], [], [], [], []
     sample_s, dropped, rounds = 0.0, 0, 0
-    need = r.batch_prompts
-    while need > 0:
-        rows = [row for row in stream.next(need) for _ in range(g)]
+    need = r.batch_prompts // ctx.world
+    while True:
+        needs = ctx.gather_objects(need)
+        if sum(needs) == 0:
+            break
+        drawn = stream.next(sum(needs))
+        first = sum(needs[:ctx.rank])
+        rows = [row for row in drawn[first:first + need] for _ in range(g)]
+        if not rows:  # this rank is full; the others sample again
+            rounds += 1
+            if rounds > a.max_filter_rounds:
+                break
+            continue
         t0 = time.perf_counter()
         ro = generate(model, tok, rows, cfg, gen, device)
         sample_s += time.perf_counter() - t0
@@ -406,7 +477,7 @@ def _greedy_baseline(model, tok, rows, reward_fns, cfg: Config, step: int, devic
 
 
 def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, ref_logp, token_rewards,
-           cfg: Config) -> dict:
+           cfg: Config, ctx=distributed.Dist()) -> dict:
     """`num_iterations` passes over the rollout in `mini_batches` optimizer steps, each accumulated exactly
     over micro-batches (sorted by length to cut padding)."""
     a, o, r = cfg.algo, cfg.optim, cfg.rollout
@@ -427,7 +498,8 @@ def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, r
     for _ in range(a.num_iterations):
         for m in range(a.mini_batches):
             idx = list(range(m * per_mb, (m + 1) * per_mb))
-            norm = Norm(len(idx), int(loss_mask[idx].sum()), r.max_new_tokens)
+            # counts over the global mini-batch: each rank's loss is its share of the one-process loss
+            norm = Norm(int(ctx.sum(len(idx))), int(ctx.sum(loss_mask[idx].sum())), r.max_new_tokens)
             idx.sort(key=lambda i: -lengths[i])
             for s in range(0, len(idx), o.micro_batch_size):
                 ix, pi, pm, ci, cm, t = _micro_slices(ro, idx[s:s + o.micro_batch_size])
@@ -446,12 +518,14 @@ def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, r
                 loss.backward()
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
+            ctx.all_reduce_grads(params)  # sum of the ranks' shares = the global gradient
             gn = torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf"))
             grad_norms.append(float(gn))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
     k = a.num_iterations * a.mini_batches
+    sums = {key: ctx.sum(v) for key, v in sorted(sums.items())}
     out = {"loss/pg": sums.get("pg", 0.0) / k, "loss/kl": sums.get("kl", 0.0) / k,
            "loss/entropy": sums.get("entropy", 0.0) / k, "clip_frac": sums.get("clip_frac", 0.0) / k,
            "grad_norm": sum(grad_norms) / len(grad_norms)}
