@@ -402,12 +402,15 @@ def main():
             signal.setitimer(signal.ITIMER_REAL, 0)
     except _Stop:
         result = (0, job["total"], "timeout", "time limit")
-    # Kill the worker's process group (nothing in it can have left it) and reap it, including
-    # orphans re-parented to us: when the host reads the result, no process of the run is left.
+    # Kill the worker's process group (with seccomp nothing can have left it) and reap it, including
+    # orphans re-parented to us: when the host reads the result, no process of the run is left. In
+    # bwrap's PID namespace (we are its process 2, under bwrap's init) kill(-1) reaches every process
+    # of the run, also one that left the group where no seccomp filter stopped it.
+    in_own_pidns = cfg["pidns"] and os.getpid() == 2
     end = time.monotonic() + 2.0
     while time.monotonic() < end:
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.kill(-1, signal.SIGKILL) if in_own_pidns else os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         try:

@@ -69,7 +69,7 @@ def encode(v, other):
         if t is complex:
             return ("c", enc(v.real, depth + 1), enc(v.imag, depth + 1))
         for base, plain in _BASES:
-            if isinstance(v, base):
+            if issubclass(t, base):             # the real type: a ``__class__`` property cannot lie here
                 return enc(plain(v), depth)
         return other(v)
 

@@ -135,7 +135,9 @@ def _bwrap_argv(tmp_mb: int) -> list[str]:
     argv += ["--dev", "/dev"]
     if _bwrap_has("--size"):
         argv += ["--size", str(tmp_mb << 20)]
-    argv += ["--tmpfs", "/tmp", "--chdir", "/tmp", "--"]
+    # The new root and /dev are tmpfs without a size limit: read-only, so the only writable place is
+    # the sized /tmp (which is also the working folder).
+    argv += ["--tmpfs", "/tmp", "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--"]
     return argv
 
 
@@ -298,7 +300,7 @@ def run_tests(program: str, tests: str | list[str], *, entry_point: str | None =
         nproc = max_procs + 4 if mode == "bwrap" else _user_tasks() + max_procs
     cfg = {"cpu_s": math.ceil(timeout_s) + 1, "memory_mb": int(memory_mb), "file_mb": int(file_mb),
            "nofile": 64, "nproc": nproc, "allow_fork": allow_fork, "landlock": info["landlock"],
-           "seccomp": info["seccomp"], "read_paths": _read_paths()}
+           "seccomp": info["seccomp"], "read_paths": _read_paths(), "pidns": mode == "bwrap"}
     secret = secrets.token_hex(16)
     job = {"secret": secret, "program": program, "plan": plan, "total": total, "entry_point": entry_point,
            "timeout_s": float(timeout_s)}
@@ -312,12 +314,12 @@ def run_tests(program: str, tests: str | list[str], *, entry_point: str | None =
         argv += [_python(), "-I", "-S", "-B", "-c", _BOOT]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 cwd=cwd, env=env, close_fds=True, start_new_session=True)
+        timed_out = True
         try:
             out, err, timed_out, worker = _talk(proc, _code_frame() + _frame(marshal.dumps(cfg)),
                                                 _frame(marshal.dumps(job)), t0 + timeout_s + START_GRACE_S)
         finally:
-            _kill_group(proc.pid)
-            proc.wait()
+            _end(proc, mode, 0.0 if timed_out else 1.0)
         if mode == "plain" and worker and not out.startswith(b"RLFT "):
             _kill_group(worker)                     # the supervisor died before cleaning up after the program
         result = _parse(out, secret, total)
@@ -405,6 +407,39 @@ def _parse(out: bytes, secret: str, total: int):
     return passed, total, status, str(detail)
 
 
+def _end(proc, mode: str, grace_s: float) -> None:
+    """Make sure nothing of the run is left when run_tests returns. Normally the supervisor has exited
+    (after killing and reaping the program's process group); with bwrap its PID namespace then ends,
+    which kills and reaps everything in it before bwrap exits. Otherwise: SIGKILL, and with bwrap wait
+    until the namespace's first process (and so the whole namespace) is gone."""
+    try:
+        proc.wait(timeout=grace_s)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    inner = []
+    if mode == "bwrap":
+        try:
+            inner = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    _kill_group(proc.pid)
+    proc.wait()
+    end = time.monotonic() + 5.0
+    while inner and time.monotonic() < end:
+        inner = [p for p in inner if _alive(p)]
+        time.sleep(0.002)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has finished: a PID namespace's first process turns zombie only after every
+    other process of the namespace is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _kill_group(pgid: int) -> None:
     for _ in range(3):
         try:
@@ -414,10 +449,15 @@ def _kill_group(pgid: int) -> None:
 
 
 def _rmtree(path: str) -> None:
+    """Remove a working folder the program may have made hard to remove (chmod 000, symlinks). Never
+    follows a link: chmod only on real directories (the program is dead by now: nothing can swap them)."""
+    root = os.path.realpath(path)
+
     def fix(func, p, _exc):
         try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
+            for d in (os.path.dirname(p), p):
+                if (d == root or d.startswith(root + os.sep)) and os.path.isdir(d) and not os.path.islink(d):
+                    os.chmod(d, 0o700)
         except OSError:
             pass
         try:
