@@ -11,8 +11,7 @@ import time
 import pytest
 
 from rlft import sandbox
-from rlft.sandbox import Job, TestResult, bwrap_available, isolation, run_batch, run_tests
-from rlft.sandbox import runner
+from rlft.sandbox import Job, TestResult, bwrap_available, isolation, run_batch, run_tests, runner
 
 
 @pytest.fixture(params=[True, False], ids=["bwrap", "plain"])
@@ -162,8 +161,8 @@ def test_program_output_and_state_do_not_leak_between_runs(use_bwrap):
 def test_environment_is_scrubbed(use_bwrap, monkeypatch):
     monkeypatch.setenv("RLFT_TEST_SECRET", "s3cr3t")
     prog = "import os\ndef env():\n    return sorted(os.environ)"
-    r = run(prog, ["assert 'RLFT_TEST_SECRET' not in env()", "assert set(env()) <= {'PATH', 'HOME', 'TMPDIR', "
-               "'LANG', 'LC_ALL', 'MALLOC_ARENA_MAX', 'PWD'}"], use_bwrap)
+    r = run(prog, ["assert 'RLFT_TEST_SECRET' not in env()", ("assert set(env()) <= {'PATH', 'HOME', 'TMPDIR', "
+               "'LANG', 'LC_ALL', 'MALLOC_ARENA_MAX', 'PWD'}")], use_bwrap)
     assert r.passed == 2, r.detail
 
 

@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rlft.sandbox import bwrap_available, run_tests
-from rlft.sandbox import runner
+from rlft.sandbox import bwrap_available, run_tests, runner
 
 R = secrets.randbelow(10**12) + 10**11          # an answer no program can know
 
