@@ -16,8 +16,8 @@ TESTS = ["assert f(0) == 0", "assert f(1) == 1", "assert f(2) == 4", "assert f(3
     # one fenced block, prose around it
     ("Sure:\n```python\ndef f(x):\n    return x\n```\nDone.", None, None, "def f(x):\n    return x\n"),
     # several blocks: the last one that defines the entry point (not the usage example after it)
-    ("```python\ndef f(x):\n    return 1\n```\nFixed:\n```python\ndef f(x):\n    return 2\n```\n"
-     "```python\nprint(f(3))\n```", None, "f", "def f(x):\n    return 2\n"),
+    (("```python\ndef f(x):\n    return 1\n```\nFixed:\n```python\ndef f(x):\n    return 2\n```\n"
+     "```python\nprint(f(3))\n```"), None, "f", "def f(x):\n    return 2\n"),
     # no block defines the entry point: the longest block
     ("```\nx = 1\n```\n```python\ny = 2\nz = 3\n```", None, "f", "y = 2\nz = 3\n"),
     # a block left open at max_new_tokens
