@@ -43,7 +43,12 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = opt("", "Local folder or hub id of an AutoModelForCausalLM (and its tokenizer).")
+    path: str = opt("", "Local folder or hub id of an AutoModelForCausalLM or AutoModelForSeq2SeqLM (and its "
+                    "tokenizer).")
+    kind: str = opt("auto", "causal (decoder-only), seq2seq (encoder-decoder: T5, BART, Marian, NLLB), or auto (the "
+                    "checkpoint's config.is_encoder_decoder).", ("auto", "causal", "seq2seq"))
+    forced_bos_token: str = opt("", "seq2seq only: the token the decoder starts with after decoder_start (NLLB / "
+                                "mBART target language, e.g. fra_Latn); empty = the model's generation_config.")
     tokenizer: str = opt("", "Tokenizer folder or hub id, when it differs from `path`.")
     dtype: str = opt("float32", "Weights dtype.", ("float32", "bfloat16", "float16"))
     device: str = opt("auto", "`auto` picks cuda when present, else cpu; or `cpu`, `cuda`, `cuda:1`.")
@@ -60,9 +65,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = opt("", "Training prompts: a .jsonl, .csv or .parquet file.")
+    train: str = opt("", "Training prompts: a .jsonl, .json, .csv, .tsv or .parquet file, or a folder written by "
+                     "datasets' save_to_disk (one split).")
     eval: str = opt("", "Evaluation prompts (same format); empty to split `eval_fraction` off `train`.")
     eval_fraction: float = opt(0.0, "Fraction of `train` held out for evaluation when `eval` is empty.")
+    columns: dict = opt({}, "Columns to add before anything else, {new_name: source_column}, e.g. {prompt: "
+                        "question, reference: answers}; the source column stays too.")
     prompt_column: str = opt("prompt", "Column holding the prompt text (or a list of chat messages).")
     reference_column: str = opt("reference", "Column holding the reference completion(s); passed to rewards "
                                 "as `reference` and used by `sft`.")
@@ -180,6 +188,9 @@ class LogConfig:
 
 @dataclass
 class Config:
+    task: str = opt("", "A task preset (translation, summarization, dialogue, creative_writing, code_completion, "
+                    "bug_fixing, style_conversion): its settings sit under this config, every key overridable "
+                    "(docs/tasks/).")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -226,6 +237,10 @@ class Config:
         raw = dict(raw)
         if isinstance(raw.get("rewards"), list):  # sugar: `rewards: [...]` is rewards.components
             raw["rewards"] = {"components": raw["rewards"]}
+        if raw.get("task") and isinstance(raw["task"], str):  # the preset goes under the user's keys
+            from .tasks import preset
+
+            raw = merge(preset(raw["task"]), raw)
         cfg = _build(Config, raw, "")
         cfg.validate()
         return cfg
@@ -266,6 +281,14 @@ class Config:
         for i, spec in enumerate(self.rewards.components):
             if not spec.fn:
                 raise ConfigError(f"rewards.components[{i}].fn is empty: name a reward (e.g. fn: bleu)")
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:

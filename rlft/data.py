@@ -1,12 +1,16 @@
-"""Prompt datasets: rows from JSONL / CSV / Parquet, a seeded order that a resumed run continues exactly.
+"""Prompt datasets: rows from JSONL / JSON / CSV / TSV / Parquet files or a `datasets` folder (``save_to_disk``),
+a seeded order that a resumed run continues exactly.
 
-A row is a dict. The prompt column becomes the prompt (through ``data.template`` for base models, or the
-chat template for chat models); every other column travels with it to the rewards as a keyword.
+A row is a dict. ``data.columns`` first adds columns under new names (``{prompt: question}``); then the prompt
+column becomes the prompt (through ``data.template`` for base models, or the chat template for chat models) and
+every other column travels with it to the rewards as a keyword. A row that cannot be used is an error naming the
+file and line (row, for Parquet and `datasets`), or is skipped and counted (``data.bad_rows: skip``).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -14,14 +18,23 @@ from pathlib import Path
 
 from .config import ConfigError, DataConfig
 
+TEXT_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
+
 
 class DataError(ValueError):
     """A dataset file or row that cannot be used; the message names the file and line."""
 
 
+def where(path, n: int) -> str:
+    """``file, line 3`` for text formats, ``file, row 3`` for Parquet and `datasets` folders."""
+    unit = "line" if Path(path).suffix.lower() in TEXT_FORMATS else "row"
+    return f"{path}, {unit} {n}"
+
+
 def read_rows(path: str | Path, bad_rows: str = "error", counts: dict | None = None) -> list[dict]:
-    """All rows of a .jsonl / .json / .csv / .parquet file. Bad rows raise (naming file and line) or are
-    skipped and counted in ``counts['bad_rows']``."""
+    """All rows of a .jsonl / .json / .csv / .tsv / .parquet file or a `datasets` folder. Each row gets
+    ``_line``: its line in a text file (the header is line 1 of a CSV), else its row number from 1. Bad rows
+    raise (naming file and line) or are skipped and counted in ``counts['bad_rows']``."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"dataset file {path} does not exist")
@@ -30,66 +43,139 @@ def read_rows(path: str | Path, bad_rows: str = "error", counts: dict | None = N
 
     def bad(line: int, why: str):
         if bad_rows == "error":
-            raise DataError(f"{path}, line {line}: {why} (set data.bad_rows=skip to skip such rows)")
+            raise DataError(f"{where(path, line)}: {why} (set data.bad_rows=skip to skip such rows)")
         counts["bad_rows"] = counts.get("bad_rows", 0) + 1
 
     suffix = path.suffix.lower()
+    if path.is_dir():
+        return _read_saved_dataset(path)
     if suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    bad(i, f"not valid JSON ({e.msg} at column {e.colno})")
-                    continue
-                if not isinstance(row, dict):
-                    bad(i, f"expected a JSON object, got {type(row).__name__}")
-                    continue
-                row["_line"] = i
-                rows.append(row)
+        for i, raw in enumerate(path.read_bytes().splitlines(), 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad(i, f"not valid UTF-8 (byte {e.start + 1})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad(i, f"not valid JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(row, dict):
+                bad(i, f"expected a JSON object, got {type(row).__name__}")
+                continue
+            rows.append({**row, "_line": i})
     elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not valid UTF-8 (byte {e.start + 1})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(data, list):
-            raise DataError(f"{path}: a .json dataset must be a list of objects")
+            raise DataError(f"{path}: a .json dataset must be a list of objects (or use .jsonl, one object a line)")
         for i, row in enumerate(data, 1):
             if isinstance(row, dict):
                 rows.append({**row, "_line": i})
             else:
                 bad(i, f"item {i} is {type(row).__name__}, expected an object")
     elif suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            for row in reader:
-                line = reader.line_num
-                if None in row or any(v is None for v in row.values()):
-                    bad(line, f"has {len(row) - (None in row)} fields where the header has {len(reader.fieldnames)}")
-                    continue
-                rows.append({**row, "_line": line})
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # a BOM from spreadsheet exports is not a column name
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[:e.start].count(b"\n") + 1
+            raise DataError(f"{path}, line {line}: not valid UTF-8") from None
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:  # e.g. a quote left open: nothing after it can be read
+                raise DataError(f"{path}, line {reader.line_num}: {e}") from None
+            line = reader.line_num
+            if None in row or any(v is None for v in row.values()):  # too many fields, or too few
+                extra = row.pop(None, None)
+                n = len(reader.fieldnames) + len(extra) if extra else sum(v is not None for v in row.values())
+                bad(line, f"has {n} fields where the header has {len(reader.fieldnames)}")
+                continue
+            rows.append({**row, "_line": line})
     elif suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'rlft[data]')") from None
-        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a broken file
+            raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        for i, row in enumerate(table.to_pylist(), 1):
             rows.append({**row, "_line": i})
     else:
-        raise DataError(f"{path}: unknown dataset format {suffix!r} (use .jsonl, .json, .csv or .parquet)")
+        raise DataError(f"{path}: unknown dataset format {suffix!r} (use .jsonl, .json, .csv, .tsv, .parquet or a "
+                        f"folder written by datasets' save_to_disk)")
     return rows
 
 
+def _read_saved_dataset(path: Path) -> list[dict]:
+    """A folder written by ``datasets.Dataset.save_to_disk`` (one split)."""
+    if (path / "dataset_dict.json").exists():
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        raise DataError(f"{path} holds several splits ({', '.join(splits)}); give one split's folder, e.g. "
+                        f"{path / (splits[0] if splits else 'train')}")
+    if not (path / "state.json").exists() and not (path / "dataset_info.json").exists():
+        raise DataError(f"{path} is a folder but not one written by datasets' save_to_disk (no state.json)")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{path}: reading a datasets folder needs datasets (pip install 'rlft[data]')") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 -- datasets / pyarrow raise several types for a broken folder
+        raise DataError(f"{path}: cannot read the datasets folder ({type(e).__name__}: {e})") from None
+    if isinstance(ds, datasets.DatasetDict):  # pragma: no cover -- caught above by dataset_dict.json
+        raise DataError(f"{path} holds several splits ({', '.join(ds)}); give one split's folder")
+    return [{**row, "_line": i} for i, row in enumerate(ds.to_list(), 1)]
+
+
+def _is_messages(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in v)
+
+
+def _is_reference(v) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and all(x is None or isinstance(x, str) for x in v))
+
+
 def check_rows(rows: list[dict], path, cfg: DataConfig, counts: dict, needs_reference: bool) -> list[dict]:
+    """Apply ``cfg.columns`` and check each row: a prompt (a non-empty string or a list of chat messages with
+    ``role`` and ``content``), a reference (when present: a string or a list of strings; required when
+    ``needs_reference``)."""
     out = []
     for row in rows:
         why = None
-        if cfg.prompt_column not in row or row[cfg.prompt_column] in (None, ""):
+        for new, src in cfg.columns.items():
+            if src not in row:
+                why = f"no column {src!r} to copy into {new!r} (data.columns)"
+                break
+            row = {**row, new: row[src]}
+        p, r = row.get(cfg.prompt_column), row.get(cfg.reference_column)
+        if why:
+            pass
+        elif p is None or p == "" or p == []:
             why = f"no {cfg.prompt_column!r} value (data.prompt_column)"
-        elif needs_reference and row.get(cfg.reference_column) in (None, ""):
+        elif not isinstance(p, str) and not _is_messages(p):
+            why = (f"the {cfg.prompt_column!r} value is a {type(p).__name__}; expected text or a list of chat "
+                   f"messages ({{'role': ..., 'content': ...}})")
+        elif needs_reference and r in (None, "", []):
             why = f"no {cfg.reference_column!r} value (data.reference_column)"
+        elif r is not None and not _is_reference(r):
+            why = f"the {cfg.reference_column!r} value is a {type(r).__name__}; expected text or a list of texts"
         if why:
             if cfg.bad_rows == "error":
-                raise DataError(f"{path}, line {row['_line']}: {why} (set data.bad_rows=skip to skip such rows)")
+                raise DataError(f"{where(path, row['_line'])}: {why} (set data.bad_rows=skip to skip such rows)")
             counts["bad_rows"] = counts.get("bad_rows", 0) + 1
             continue
         out.append(row)
@@ -99,7 +185,8 @@ def check_rows(rows: list[dict], path, cfg: DataConfig, counts: dict, needs_refe
 def load_splits(cfg: DataConfig, seed: int, needs_reference: bool = False) -> tuple[list[dict], list[dict], dict]:
     """(train rows, eval rows, counts) from the config: a given eval file or a seeded fraction."""
     if not cfg.train:
-        raise ConfigError("data.train is empty: give a .jsonl, .csv or .parquet file of prompts")
+        raise ConfigError("data.train is empty: give a .jsonl, .csv or .parquet file of prompts (or a datasets "
+                          "folder)")
     counts: dict = {}
     train = check_rows(read_rows(cfg.train, cfg.bad_rows, counts), cfg.train, cfg, counts, needs_reference)
     if cfg.eval:
@@ -114,7 +201,8 @@ def load_splits(cfg: DataConfig, seed: int, needs_reference: bool = False) -> tu
     else:
         evals = []
     if not train:
-        raise DataError(f"{cfg.train}: no usable rows")
+        raise DataError(f"{cfg.train}: no usable rows" + (f" ({counts['bad_rows']} bad rows skipped)"
+                                                           if counts.get("bad_rows") else ""))
     return train, evals, counts
 
 

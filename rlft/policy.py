@@ -39,6 +39,10 @@ def load_policy(cfg: ModelConfig, adapter: str | None = None):
     if looks_local and not local.exists():
         raise ConfigError(f"model.path {cfg.path} does not exist (a local folder was expected; hub ids look "
                           f"like 'org/name')")
+    from . import seq2seq
+
+    if seq2seq.wants_seq2seq(cfg):  # encoder-decoder policies (model.kind): rlft/seq2seq.py
+        return seq2seq.load_policy(cfg, adapter)
     kw = dict(trust_remote_code=cfg.trust_remote_code, **({"revision": cfg.revision} if cfg.revision else {}))
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.path, **kw)
@@ -67,7 +71,8 @@ def add_lora(model, cfg: ModelConfig, adapter: str | None = None):
     tm = cfg.lora.target_modules
     target = "all-linear" if tm == ["all-linear"] else list(tm)
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=target, task_type="CAUSAL_LM")
+                      target_modules=target,
+                      task_type="SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM")
     return get_peft_model(model, lcfg)
 
 
@@ -122,6 +127,8 @@ def encode_prompt(tokenizer, text: str, add_bos: str = "auto") -> list[int]:
 
     Encoding without special tokens and adding BOS ourselves avoids the double BOS of a chat template that
     already writes it in the text."""
+    if getattr(tokenizer, "rlft_seq2seq", False):  # encoder inputs: the tokenizer's own special tokens (seq2seq.py)
+        return tokenizer(text)["input_ids"]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     if bos is None or add_bos == "off":
@@ -182,6 +189,11 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
     One backbone forward over prompt + completion; the head runs only on the T completion positions,
     ``chunk_tokens`` positions at a time, with the log-softmax in float32 per chunk.
     """
+    if model.config.is_encoder_decoder:  # decoder tokens given the encoder inputs: rlft/seq2seq.py
+        from .seq2seq import completion_logp as seq2seq_logp
+
+        return seq2seq_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature,
+                            with_entropy=with_entropy, with_hidden=with_hidden, chunk_tokens=chunk_tokens)
     n, p = prompt_ids.shape
     t = completion_ids.shape[1]
     ids = torch.cat([prompt_ids, completion_ids], 1)                      # [N, P+T]

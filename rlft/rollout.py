@@ -68,6 +68,10 @@ def sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
 
     Keywords: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``stop`` (strings), ``eos_ids``
     (default: the model's full list), ``generator`` (a seeded torch.Generator makes it reproducible)."""
+    if model.config.is_encoder_decoder:  # prompt_ids are the encoder inputs: rlft/seq2seq.py
+        from .seq2seq import sample as seq2seq_sample
+
+        return seq2seq_sample(model, tokenizer, prompt_ids, prompt_mask, **kw)
     with torch.inference_mode():
         r = _sample(model, tokenizer, prompt_ids, prompt_mask, **kw)
     # inference tensors cannot enter autograd later; the copy is O(N*T), negligible next to sampling
@@ -152,6 +156,11 @@ def _strip_stop(text: str, stop) -> str:
 def hf_generate(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0, stop=(), generator=None) -> Rollout:
     """The `transformers.generate` fallback (rollout.engine: hf), returning the same `Rollout`."""
+    if model.config.is_encoder_decoder:
+        from .seq2seq import hf_generate as seq2seq_generate
+
+        return seq2seq_generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, generator=generator)
     eos = tokenizer.rlft_eos_ids
     with torch.inference_mode():
         kw = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, eos_token_id=eos,
