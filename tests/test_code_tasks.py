@@ -43,10 +43,10 @@ def test_every_shipped_problem_right_and_wrong():
         rows += [r, r]
         completions += [r["reference"], "    return None\n"]
         expect += ["all", "not all"]
-    for r in bug:                        # a chat model answers in a block; the buggy code fails
-        rows += [r, r, {**r, "tests": [r["failing_test"]]}]
-        completions += [_fenced(r["reference"]), _fenced(r["buggy_code"]), _fenced(r["buggy_code"])]
-        expect += ["all", "not all", "none"]
+    for r in bug:                        # a chat model answers in a block; the buggy code fails its test
+        rows += [r, {**r, "tests": [r["failing_test"]]}]
+        completions += [_fenced(r["reference"]), _fenced(r["buggy_code"])]
+        expect += ["all", "none"]
     for r in style:                      # the unstyled source has the wrong name: nothing passes
         rows += [r, r]
         completions += [_fenced(r["reference"]), _fenced(r["source_code"])]

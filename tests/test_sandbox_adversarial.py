@@ -46,17 +46,17 @@ ATTACKS = [
     Attack("fork_bomb", "import os\n" + SQUARE + "for _ in range(10000):\n    try:\n        if os.fork() == 0:\n"
            "            while True:\n                os.fork()\n    except OSError:\n        pass\n",
            SQUARE_TESTS, max_passed=2, timeout_s=4),
-    Attack("infinite_loop", "def f(x):\n    while True:\n        pass\n", statuses=("timeout",), timeout_s=2),
+    Attack("infinite_loop", "def f(x):\n    while True:\n        pass\n", statuses=("timeout",), timeout_s=1.5),
     Attack("memory_bomb", "x = []\nwhile True:\n    x.append(bytearray(10**7))\n", statuses=("memory", "killed")),
     Attack("stdout_flood", "import os, sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n    os.write(1, b'y' * 65536)\n",
-           statuses=("timeout",), timeout_s=2),
+           statuses=("timeout",), timeout_s=1.5),
     Attack("stderr_flood", "import os\nwhile True:\n    os.write(2, b'RLFT ' * 20000)\n", statuses=("timeout",),
-           timeout_s=2),
+           timeout_s=1.5),
     Attack("recursion_bomb", "import sys\nsys.setrecursionlimit(10**7)\ndef f(x):\n    return f(x + 1) + 1\n",
-           timeout_s=4),
+           timeout_s=2),
     Attack("huge_int_str", "def f(x):\n    return int('9' * 100000) + len(str(10 ** 100000))\n",
            statuses=("runtime_error",)),
-    Attack("huge_pow", "def f(x):\n    return 10 ** 10 ** 9\n", statuses=("timeout", "memory", "killed"), timeout_s=2),
+    Attack("huge_pow", "def f(x):\n    return 10 ** 10 ** 9\n", statuses=("timeout", "memory", "killed"), timeout_s=1.5),
     Attack("raise_rlimits", "import resource\nfor r in (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_NPROC):\n"
            "    try:\n        resource.setrlimit(r, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))\n"
            "    except (ValueError, OSError):\n        pass\nbig = bytearray(2 << 30)\n", statuses=("memory",)),
@@ -125,7 +125,7 @@ ATTACKS = [
            "    return all(r == -1 for r in results)\n", ["assert f(2) is True"], max_passed=1, min_passed=1),
     Attack("ignore_signals_and_spin", "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,\n"
            "          signal.SIGXCPU, signal.SIGALRM):\n    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass\n",
-           statuses=("timeout",), timeout_s=2),
+           statuses=("timeout",), timeout_s=1.5),
     Attack("alarm_handler", "import os, signal\nsignal.signal(signal.SIGALRM, lambda *a: os._exit(0))\nsignal.alarm(1)\n"
            "def f(x):\n    import time\n    time.sleep(3)\n    return x * x\n", SQUARE_TESTS, timeout_s=6),
     Attack("daemon_grandchild", "import os, sys\n" + SQUARE + "try:\n    if os.fork() == 0:\n        try:\n"
@@ -163,7 +163,7 @@ ATTACKS = [
            [f"assert math.isclose(f(2)[0], {R})", "assert len(f(2)) == 3", f"assert set(f(2)) == {{{R}}}"]),
     Attack("monkeypatch_harness", "import __main__ as m\nfor name in ('encode', 'dumps', 'send', 'loads', 'decode'):\n"
            "    if hasattr(m, name):\n        setattr(m, name, lambda *a, **k: b\"('ok', 1)\")\ndef f(x):\n    return 0\n",
-           timeout_s=3),
+           timeout_s=1.5),
     Attack("always_equal", "class AE:\n    def __eq__(self, o):\n        return True\n    def __ne__(self, o):\n"
            "        return False\n    __hash__ = object.__hash__\n    def __bool__(self):\n        return True\n"
            "def f(x):\n    return AE()\n", [f"assert f(2) == {R}", f"assert {R} == f(2)", f"assert not f(2) != {R}",

@@ -1,10 +1,11 @@
 """What runs inside the sandbox: a trusted *supervisor* and the untrusted *worker* it forks.
 
     host --stdin: config, then job (secret, program, tests)--> supervisor --fork--> worker
-    host <--stdout: "READY", then "RLFT <secret>" + result--- supervisor <--pipes--> worker
+    host <--stdout: "READY <pid>", then "RLFT <secret>" + result-- supervisor <--pipes--> worker
 
-The worker is forked before the supervisor reads the job, so the secret and the tests were never in
-its memory. It closes every fd but its two pipes, takes its rlimits, drops capabilities, confines
+The worker is forked before the supervisor reads the job (stdin is read frame by frame with exact
+reads, nothing ahead), and its first act is to replace its stdin: the secret and the tests were never
+in its memory. It closes every fd but its two pipes, takes its rlimits, drops capabilities, confines
 itself (Landlock, seccomp), and only then receives the program and runs it.
 
 The tests run in the supervisor, which never executes a line of the program. Every name the test

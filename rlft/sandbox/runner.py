@@ -316,8 +316,8 @@ def run_tests(program: str, tests: str | list[str], *, entry_point: str | None =
                                 cwd=cwd, env=env, close_fds=True, start_new_session=True)
         timed_out = True
         try:
-            out, err, timed_out, worker = _talk(proc, _code_frame() + _frame(marshal.dumps(cfg)),
-                                                _frame(marshal.dumps(job)), t0 + timeout_s + START_GRACE_S)
+            out, err, timed_out, worker = _talk(proc, _code_frame() + _frame(marshal.dumps(cfg))
+                                                + _frame(marshal.dumps(job)), t0 + timeout_s + START_GRACE_S)
         finally:
             _end(proc, mode, 0.0 if timed_out else 1.0)
         if mode == "plain" and worker and not out.startswith(b"RLFT "):
@@ -334,13 +334,16 @@ def run_tests(program: str, tests: str | list[str], *, entry_point: str | None =
     return TestResult(*result, seconds=time.monotonic() - t0)
 
 
-def _talk(proc, first: bytes, job: bytes, deadline: float):
-    """Write the frames, wait for READY before sending the job (so the worker, forked before it, never
-    held the secret), and read stdout/stderr with caps until EOF or the deadline."""
+def _talk(proc, data: bytes, deadline: float):
+    """Write the frames (code, config, job) and read stdout/stderr with caps until EOF or the deadline.
+
+    The job (with the secret) may sit in the pipe before the worker is forked: the supervisor reads
+    stdin frame by frame with exact-length reads (nothing read ahead), forks after the config frame,
+    and the worker's first act is to replace its fd 0 -- the job is never in the worker's memory."""
     sel = selectors.DefaultSelector()
     for f in (proc.stdin, proc.stdout, proc.stderr):
         os.set_blocking(f.fileno(), False)
-    pending, job_sent, worker = memoryview(first), False, 0
+    pending, worker, seen_ready = memoryview(data), 0, False
     out, err = bytearray(), bytearray()
     sel.register(proc.stdin, selectors.EVENT_WRITE)
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -363,8 +366,7 @@ def _talk(proc, first: bytes, job: bytes, deadline: float):
                         pending = memoryview(b"")
                     if not pending:
                         sel.unregister(f)
-                        if job_sent:
-                            f.close()
+                        f.close()
                     continue
                 try:
                     chunk = os.read(f.fileno(), 1 << 16)
@@ -378,15 +380,12 @@ def _talk(proc, first: bytes, job: bytes, deadline: float):
                     buf += chunk
                 elif f is proc.stdout:
                     return b"", bytes(err), False, worker           # flooded: no valid result
-                if f is proc.stdout and not job_sent and b"\n" in out:
+                if f is proc.stdout and not seen_ready and b"\n" in out:
                     line, _, rest = bytes(out).partition(b"\n")
                     if not line.startswith(b"READY "):
                         return b"", bytes(err), False, worker
-                    worker = int(line[6:]) if line[6:].isdigit() else 0
+                    worker, seen_ready = (int(line[6:]) if line[6:].isdigit() else 0), True
                     out[:] = rest
-                    job_sent, pending = True, memoryview(bytes(pending) + job)
-                    if proc.stdin.fileno() not in [k.fd for k in sel.get_map().values()]:
-                        sel.register(proc.stdin, selectors.EVENT_WRITE)
     finally:
         sel.close()
         if not proc.stdin.closed:
