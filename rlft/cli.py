@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         t.set_defaults(fn=fn)
     h = sub.add_parser("config-help", help="every config key with its default and documentation")
     h.set_defaults(fn=cmd_help_config)
+    from .evaluate import add_parser as add_eval_parser
+
+    add_eval_parser(sub)  # `rlft eval CHECKPOINT ... --data FILE`: rlft/evaluate.py
     args = p.parse_args(argv)
     if getattr(args, "config", None) and "=" in args.config:  # `rlft train key=value` with no YAML
         args.overrides.insert(0, args.config)

@@ -336,6 +336,8 @@ def _coerce(tp, value, key: str, f: dataclasses.Field):
     }.get(origin or tp)
     if ok is None and (origin in (typing.Union, types.UnionType)):
         ok = lambda v: True  # noqa: E731
+    if tp is str and isinstance(value, bool) and {"on", "off"} <= set(f.metadata.get("choices") or ()):
+        value = "on" if value else "off"  # YAML 1.1 reads `off` / `on` as booleans
     if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-5` as a string
         try:
             value = float(value)

@@ -1,0 +1,255 @@
+"""Datasets: every loader on small files (JSONL, JSON, CSV, TSV, Parquet, a datasets folder), broken ones too;
+column mapping; prompt and chat templates; train / eval splits; seeded order that resumes exactly; long prompts."""
+
+import json
+import math
+
+import pytest
+
+from conftest import base_overrides
+from rlft.config import Config, ConfigError
+from rlft.data import DataError, PromptStream, check_rows, load_splits, read_rows
+
+ROWS = [{"prompt": "2+2=", "reference": ["4"], "level": 1}, {"prompt": "3+5=", "reference": ["8", "eight"], "level": 2}]
+
+
+def _data(**over):
+    return Config.load(None, [f"data.{k}={v}" for k, v in over.items()]).data
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "_line"} for r in rows]
+
+
+# ------------------------------------------------------------------------------------------ loaders
+
+def test_jsonl_json_csv_tsv_parquet_and_datasets_folder_give_the_same_rows(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS) + "\n")  # a blank line is fine
+    (tmp_path / "a.json").write_text(json.dumps(ROWS))
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "a.parquet")
+    for name in ("a.jsonl", "a.json", "a.parquet"):
+        rows = read_rows(tmp_path / name)
+        assert _strip(rows) == ROWS, name
+        assert [r["_line"] for r in rows] == [1, 2]
+    (tmp_path / "a.csv").write_text('prompt,reference,level\n2+2=,4,1\n"3+5=","8, or eight",2\n')
+    (tmp_path / "a.tsv").write_text("prompt\treference\n2+2=\t4\n")
+    rows = read_rows(tmp_path / "a.csv")
+    assert _strip(rows) == [{"prompt": "2+2=", "reference": "4", "level": "1"},
+                            {"prompt": "3+5=", "reference": "8, or eight", "level": "2"}]
+    assert [r["_line"] for r in rows] == [2, 3]  # the header is line 1
+    assert _strip(read_rows(tmp_path / "a.tsv")) == [{"prompt": "2+2=", "reference": "4"}]
+
+
+def test_datasets_folder_one_split_and_a_dict_of_splits(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list(ROWS)
+    ds.save_to_disk(str(tmp_path / "one"))
+    assert _strip(read_rows(tmp_path / "one"))[0] == ROWS[0]
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match=r"several splits \(train, test\); give one split's folder, e\.g\. .*dd/train"):
+        read_rows(tmp_path / "dd")
+    assert len(read_rows(tmp_path / "dd" / "train")) == 2
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match="not one written by datasets' save_to_disk"):
+        read_rows(tmp_path / "plain")
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("bad.jsonl", '{"prompt": "a"}\n{"prompt": \n', "bad.jsonl, line 2: not valid JSON"),
+    ("bad.jsonl", '{"prompt": "a"}\n["a list"]\n', "bad.jsonl, line 2: expected a JSON object, got list"),
+    ("bad.jsonl", b'{"prompt": "a"}\n{"prompt": "\xff"}\n', "bad.jsonl, line 2: not valid UTF-8"),
+    ("bad.json", '[{"prompt": "a"},\n {"prompt": }]', "bad.json, line 2: not valid JSON"),
+    ("bad.json", '[{"prompt": "a"}, 3]', "bad.json, line 2: item 2 is int, expected an object"),
+    ("bad.json", '{"prompt": "a"}', "must be a list of objects"),
+    ("bad.csv", "prompt,reference\na,b\nc,d,e\n", "bad.csv, line 3: has 3 fields where the header has 2"),
+    ("bad.csv", "prompt,reference\na,b\nc\n", "bad.csv, line 3: has 1 fields where the header has 2"),
+    ("bad.csv", b"prompt,reference\na,b\n\xff,c\n", "bad.csv, line 3: not valid UTF-8"),
+    ("bad.parquet", b"PAR1 this is not parquet", "bad.parquet: not a readable Parquet file"),
+    ("bad.xlsx", "x", "unknown dataset format '.xlsx'"),
+])
+def test_broken_files_name_file_and_line(tmp_path, name, content, needle):
+    if name.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+    p = tmp_path / name
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError) as e:
+        read_rows(p)
+    assert needle in str(e.value)
+
+
+def test_bad_rows_skipped_and_counted_when_configured(tmp_path):
+    p = tmp_path / "mixed.jsonl"
+    p.write_text('{"prompt": "a", "reference": "x"}\nnot json\n[1]\n{"prompt": "", "reference": "y"}\n'
+                 '{"prompt": 7}\n{"prompt": "b", "reference": 5}\n{"prompt": [{"role": "user"}]}\n'
+                 '{"prompt": [{"role": "user", "content": "hi"}]}\n')
+    counts = {}
+    rows = read_rows(p, "skip", counts)
+    assert counts == {"bad_rows": 2} and len(rows) == 6
+    rows = check_rows(rows, p, _data(bad_rows="skip"), counts, needs_reference=False)
+    assert counts == {"bad_rows": 6}
+    assert [r["_line"] for r in rows] == [1, 8]  # the chat-messages row is a valid prompt
+    with pytest.raises(DataError, match=r"mixed.jsonl, line 2: not valid JSON .* data.bad_rows=skip"):
+        read_rows(p)
+
+
+@pytest.mark.parametrize("row,needle", [
+    ({"question": "a"}, "line 1: no 'prompt' value (data.prompt_column)"),
+    ({"prompt": ""}, "line 1: no 'prompt' value"),
+    ({"prompt": 3}, "line 1: the 'prompt' value is a int; expected text or a list of chat messages"),
+    ({"prompt": [{"content": "hi"}]}, "expected text or a list of chat messages"),
+    ({"prompt": "a", "reference": {"x": 1}}, "line 1: the 'reference' value is a dict; expected text"),
+    ({"prompt": "a", "reference": [1, 2]}, "the 'reference' value is a list"),
+])
+def test_bad_row_values_are_errors_naming_the_line(tmp_path, row, needle):
+    p = tmp_path / "rows.jsonl"
+    p.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError) as e:
+        check_rows(read_rows(p), p, _data(), {}, needs_reference=False)
+    assert needle in str(e.value) and "rows.jsonl" in str(e.value)
+
+
+def test_missing_reference_only_matters_when_needed(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"prompt": "a"}\n')
+    assert len(check_rows(read_rows(p), p, _data(), {}, needs_reference=False)) == 1
+    with pytest.raises(DataError, match="line 1: no 'reference' value"):
+        check_rows(read_rows(p), p, _data(), {}, needs_reference=True)
+
+
+def test_parquet_bad_rows_say_row_not_line(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"prompt": "a"}, {"prompt": None}]), tmp_path / "p.parquet")
+    with pytest.raises(DataError, match=r"p.parquet, row 2: no 'prompt' value"):
+        check_rows(read_rows(tmp_path / "p.parquet"), tmp_path / "p.parquet", _data(), {}, False)
+
+
+# ------------------------------------------------------------------------------------ column mapping
+
+def test_columns_mapping_copies_columns_and_names_a_missing_source(tmp_path):
+    p = tmp_path / "qa.jsonl"
+    p.write_text(json.dumps({"question": "2+2=", "answers": ["4", "four"]}) + "\n")
+    cfg = _data(train=str(p), columns="{prompt: question, reference: answers}")
+    train, evals, _ = load_splits(cfg, seed=0, needs_reference=True)
+    assert train[0]["prompt"] == "2+2=" and train[0]["reference"] == ["4", "four"] and train[0]["question"] == "2+2="
+    bad = _data(train=str(p), columns="{prompt: query}")
+    with pytest.raises(DataError, match=r"qa.jsonl, line 1: no column 'query' to copy into 'prompt' \(data.columns\)"):
+        load_splits(bad, seed=0)
+
+
+def test_prompt_and_reference_columns_by_name(tmp_path):
+    p = tmp_path / "qa.jsonl"
+    p.write_text(json.dumps({"q": "2+2=", "a": "4"}) + "\n")
+    train, _, _ = load_splits(_data(train=str(p), prompt_column="q", reference_column="a"), 0, needs_reference=True)
+    assert train[0]["q"] == "2+2="
+
+
+# ------------------------------------------------------------------------------------------- splits
+
+def test_eval_split_from_a_file_or_a_seeded_fraction(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(40)))
+    e = tmp_path / "e.jsonl"
+    e.write_text(json.dumps({"prompt": "held"}) + "\n")
+    train, evals, _ = load_splits(_data(train=str(p), eval=str(e)), 0)
+    assert len(train) == 40 and [r["prompt"] for r in evals] == ["held"]
+    split = lambda seed: load_splits(_data(train=str(p), eval_fraction=0.25), seed)  # noqa: E731
+    train, evals, _ = split(0)
+    assert len(evals) == 10 and len(train) == 30
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in evals}
+    assert [r["prompt"] for r in split(0)[1]] == [r["prompt"] for r in evals]      # same seed, same split
+    assert [r["prompt"] for r in split(1)[1]] != [r["prompt"] for r in evals]      # another seed, another split
+    with pytest.raises(ConfigError, match="data.train is empty"):
+        load_splits(_data(), 0)
+
+
+def test_prompt_stream_resumes_exactly_across_epochs():
+    rows = [{"i": i} for i in range(5)]
+    full = PromptStream(rows, seed=3)
+    whole = [r["i"] for r in full.next(13)]
+    a = PromptStream(rows, seed=3)
+    first = [r["i"] for r in a.next(7)]
+    state = json.loads(json.dumps(a.state()))  # as a checkpoint stores it
+    b = PromptStream(rows, seed=3)
+    b.load_state(state)
+    assert first + [r["i"] for r in b.next(6)] == whole
+    assert sorted(whole[:5]) == list(range(5)) and whole[:5] != whole[5:10]  # each epoch a new permutation
+    assert [r["i"] for r in PromptStream(rows, seed=3, shuffle=False).next(6)] == [0, 1, 2, 3, 4, 0]
+
+
+# ---------------------------------------------------------------------------------- prompt templates
+
+def _prompts(tok, **data):
+    from rlft.train import Prompts
+
+    over = [f"data.{k}={v}" for k, v in data.items()]
+    return Prompts(Config.load(None, over), tok)
+
+
+def test_template_names_any_column_and_a_missing_one_is_an_error():
+    from rlft.tiny import byte_tokenizer
+
+    tok = byte_tokenizer()
+    pr = _prompts(tok, template='"Q ({level}): {prompt}\\nA:"')
+    enc = pr.encode([{**ROWS[0], "_line": 1}], "d.jsonl")[0]  # the row: prompt 2+2=, level 1
+    assert enc["_prompt"] == enc["_text"] == "Q (1): 2+2=\nA:" and tok.decode(enc["_ids"]) == enc["_text"]
+    with pytest.raises(ConfigError, match="names column 'topic' that row at line 4 does not have"):
+        _prompts(tok, template="'{topic}: {prompt}'").encode([{"prompt": "x", "_line": 4}], "d.jsonl")
+
+
+def test_chat_template_for_chat_models_and_messages_pass_through():
+    from rlft.tiny import byte_tokenizer
+
+    tok = byte_tokenizer(chat=True)
+    pr = _prompts(tok, template="'Q: {prompt}'", system="'be brief'")
+    text_row, msg_row = {"prompt": "2+2=", "_line": 1}, {"prompt": [{"role": "user", "content": "hi"}], "_line": 2}
+    a, b = pr.encode([text_row, msg_row], "d.jsonl")
+    assert a["_prompt"] == "Q: 2+2=" and a["_text"] == "<|system|>be brief</s><|user|>Q: 2+2=</s><|assistant|>"
+    assert b["_prompt"] == msg_row["prompt"] and b["_text"] == "<|system|>be brief</s><|user|>hi</s><|assistant|>"
+    off = Config.load(None, ["model.chat_template=off"])
+    from rlft.train import Prompts
+
+    assert Prompts(off, tok).encode([text_row], "d")[0]["_text"] == "2+2="
+
+
+@pytest.mark.parametrize("mode", ["truncate", "skip"])
+def test_long_prompts_truncated_from_the_left_or_skipped_and_counted(mode):
+    from rlft.tiny import byte_tokenizer
+
+    tok = byte_tokenizer()
+    pr = _prompts(tok, max_prompt_tokens=4, long_prompts=mode)
+    out = pr.encode([{"prompt": "abcdefgh", "_line": 1}, {"prompt": "ab", "_line": 2}], "d.jsonl")
+    if mode == "truncate":
+        assert tok.decode(out[0]["_ids"]) == "efgh" and pr.counts["truncated_prompts"] == 1  # the end is kept
+    else:
+        assert [r["_line"] for r in out] == [2] and pr.counts["skipped_prompts"] == 1
+
+
+# ------------------------------------------------------------------------------ through the trainer
+
+COLUMN_REWARD = '''
+def uses_level(prompts, completions, level, reference, **_):
+    assert len(level) == len(completions) and all(isinstance(x, int) for x in level), level
+    assert all(r in (["8", "eight"], ["4"]) for r in reference), reference
+    return [float(x) for x in level]
+'''
+
+
+def test_a_datasets_folder_with_mapped_columns_trains_and_columns_reach_rewards(tiny_model_dir, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"question": r["prompt"], "answer": r["reference"], "level": r["level"]} for r in ROWS] * 4
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    f = tmp_path / "col_reward.py"
+    f.write_text(COLUMN_REWARD)
+    from rlft.train import train
+
+    cfg = Config.load(None, base_overrides(tiny_model_dir, tmp_path / "ds", tmp_path / "run", **{
+        "train.steps": 1, "data.columns": "{prompt: question, reference: answer}",
+        "rewards": f"[{{fn: '{f}:uses_level'}}]"}))
+    out = train(cfg)
+    row = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert math.isclose(row["reward/uses_level"], 1.5)
