@@ -200,15 +200,17 @@ def main(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
     s = run(args.checkpoints, args.data, args.task or "", args.samples, args.out, seed=args.seed,
             batch_size=args.batch_size, limit=args.limit, temperature=args.temperature,
             console=Console(stderr=True))
     t = Table(title=s["title"])
     for h in s["header"]:
-        t.add_column(h)
+        t.add_column(h, no_wrap=True)
     for r in s["rows"]:
         t.add_row(*r)
+    widths = [max(len(x) for x in col) for col in zip(s["header"], *s["rows"])]
+    con = Console()
+    con = Console(width=max(con.width, sum(widths) + 3 * len(widths) + 4))  # never wrap a cell
     con.print(t)
     con.print(f"written: {s['out']}/eval.json, eval.md, outputs-*.jsonl")
     return 0

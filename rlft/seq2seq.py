@@ -238,7 +238,7 @@ def hf_generate(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: in
 
 
 def tiny_seq2seq_lm(tokenizer, arch: str = "t5", hidden: int = 32, layers: int = 2, heads: int = 2,
-                    max_positions: int = 256, seed: int = 0):
+                    max_positions: int = 512, seed: int = 0):
     """A randomly initialised ``t5`` or ``bart`` sized for a CPU test (no dropout, so train and eval agree).
     The BART one forces BOS as the decoder's first token, as facebook/bart-large does."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM

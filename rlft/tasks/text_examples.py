@@ -252,9 +252,10 @@ def all_text(rows: list[dict]) -> list[str]:
     return out
 
 
-def write_example(task: str, folder: str | Path, seed: int = 0, tokenizer=None) -> list[Path]:
-    """Write ``task``'s example dataset (train.jsonl, eval.jsonl; for dialogue also reward-model/) into
-    ``folder``. ``tokenizer``: the reward model's (default: a byte-level BPE learnt from the data)."""
+def write_example(task: str, folder: str | Path, seed: int = 0, tokenizer=None, rm_steps: int = 300) -> list[Path]:
+    """Write ``task``'s example dataset (train.jsonl, eval.jsonl; for dialogue also reward-model/, trained for
+    ``rm_steps`` steps) into ``folder``. ``tokenizer``: the reward model's (default: a byte-level BPE learnt
+    from the data)."""
     if task not in ROWS:
         raise ValueError(f"no example data for task {task!r} (text tasks: {', '.join(ROWS)}; code tasks: "
                          f"python -m rlft.tasks.code data/code)")
@@ -269,7 +270,7 @@ def write_example(task: str, folder: str | Path, seed: int = 0, tokenizer=None) 
         from ..tiny import byte_tokenizer
 
         tok = tokenizer or byte_tokenizer(all_text(rows), vocab_size=400)
-        paths.append(train_reward_model(train, folder / "reward-model", tok, seed))
+        paths.append(train_reward_model(train, folder / "reward-model", tok, seed, steps=rm_steps))
     return paths
 
 
