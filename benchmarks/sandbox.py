@@ -6,8 +6,9 @@ the batch with the same number of parallel workers (default: the CPUs) and the s
 bare side runs the program with its asserts appended, without any isolation or result protocol.
 
 Reported: wall time and programs per second for the batch, and the per-program overhead: the median
-latency (wall) and CPU time (this process and its children) of one short correct program run alone,
-sandbox minus bare (serial, 20 runs each). Sides alternate, medians are reported.
+latency of one short correct program run alone, minus the bare one (serial, 20 runs each). A second
+bare row runs the same interpreter with the sandbox's flags (-I -S -B: no site, no user paths), which
+is most of the sandbox's own start-up saving. Sides alternate (A B C A B C), medians are reported.
 
     python benchmarks/sandbox.py                 # ~3 min on 2 cores
     python benchmarks/sandbox.py --out runs/bench/sandbox.json
@@ -55,35 +56,38 @@ def programs(n: int = 256, hanging: int = 8) -> list[dict]:
     return jobs
 
 
-def bare(job: dict, timeout_s: float) -> float:
+def bare(job: dict, timeout_s: float, flags=None) -> float:
     code = job["program"] + "\n" + "\n".join(job["tests"]) + "\n"
+    exe = [sys.executable] if flags is None else [os.path.realpath(sys.executable), *flags]
     t0 = time.monotonic()
     try:
-        subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout_s, check=False)
+        subprocess.run([*exe, "-c", code], capture_output=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         pass
     return time.monotonic() - t0
 
 
-def batch(jobs, workers, timeout_s, use_bwrap):
+def batch(jobs, workers, timeout_s, side):
+    """side: None = bare subprocess.run, "-I -S" = bare with the sandbox's interpreter flags,
+    True / False = the sandbox with / without bwrap."""
     t0 = time.monotonic()
-    if use_bwrap is None:
+    if side is None or isinstance(side, str):
+        flags = None if side is None else side.split()
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda j: bare(j, timeout_s), jobs))
+            list(pool.map(lambda j: bare(j, timeout_s, flags), jobs))
         return time.monotonic() - t0, None
-    res = run_batch(jobs, workers=workers, timeout_s=timeout_s, use_bwrap=use_bwrap)
+    res = run_batch(jobs, workers=workers, timeout_s=timeout_s, use_bwrap=side)
     return time.monotonic() - t0, res
 
 
-def one(job, timeout_s, use_bwrap) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process and its children) of one program."""
-    c0, t0 = os.times(), time.monotonic()
-    if use_bwrap is None:
-        bare(job, timeout_s)
+def one(job, timeout_s, side) -> float:
+    """Wall seconds of one program run alone."""
+    t0 = time.monotonic()
+    if side is None or isinstance(side, str):
+        bare(job, timeout_s, None if side is None else side.split())
     else:
-        run_tests(**job, timeout_s=timeout_s, use_bwrap=use_bwrap)
-    c1 = os.times()
-    return time.monotonic() - t0, sum(c1[:4]) - sum(c0[:4])
+        run_tests(**job, timeout_s=timeout_s, use_bwrap=side)
+    return time.monotonic() - t0
 
 
 def main():
@@ -98,7 +102,8 @@ def main():
     args = ap.parse_args()
 
     jobs = programs(args.programs, args.hanging)
-    sides = [("bare subprocess.run", None), ("sandbox, plain", False)]
+    sides = [("bare subprocess.run([sys.executable, '-c', code])", None),
+             ("bare, same interpreter flags as the sandbox (-I -S -B)", "-I -S -B"), ("sandbox, plain", False)]
     if bwrap_available()[0]:
         sides.append(("sandbox, bwrap", True))
     quick = jobs[0]                                               # a short correct program
@@ -118,8 +123,7 @@ def main():
     for name, mode in sides:
         wall = statistics.median(walls[name])
         row = {"side": name, "wall_s": round(wall, 2), "programs_per_s": round(len(jobs) / wall, 1),
-               "latency_ms": round(1000 * statistics.median(w for w, _ in lat[name]), 1),
-               "cpu_ms": round(1000 * statistics.median(c for _, c in lat[name]), 1),
+               "latency_ms": round(1000 * statistics.median(lat[name]), 1),
                "walls_s": [round(w, 2) for w in walls[name]]}
         res = results[name]
         if res is not None:
@@ -130,17 +134,16 @@ def main():
     base = rows[0]
     for row in rows[1:]:
         row["overhead_ms"] = round(row["latency_ms"] - base["latency_ms"], 1)
-        row["cpu_overhead_ms"] = round(row["cpu_ms"] - base["cpu_ms"], 1)
         row["batch_wall_ratio"] = round(row["wall_s"] / base["wall_s"], 2)
 
     hang = sum("while True" in j["program"] for j in jobs)
     print(f"\n{len(jobs)} programs ({hang} hanging until {args.timeout:g} s), {args.workers} workers, "
           f"{platform.machine()}, Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}\n")
-    print("| side | batch wall (s) | programs/s | one program: wall ms | overhead ms | CPU ms | CPU overhead ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| side | batch wall (s) | programs/s | one program alone (ms, median) | overhead vs bare (ms) |")
+    print("| --- | --- | --- | --- | --- |")
     for row in rows:
         print(f"| {row['side']} | {row['wall_s']} | {row['programs_per_s']} | {row['latency_ms']} | "
-              f"{row.get('overhead_ms', '-')} | {row['cpu_ms']} | {row.get('cpu_overhead_ms', '-')} |")
+              f"{row.get('overhead_ms', '-')} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"programs": len(jobs), "hanging": args.hanging, "timeout_s": args.timeout,
