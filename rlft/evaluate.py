@@ -8,7 +8,8 @@ checkpoint's outputs in ``outputs-<i>.jsonl``.
 
 A checkpoint is read with the config saved beside it (``checkpoint-N/config.yaml``, else the run folder's
 ``config.yaml``): its prompt template, chat template, columns, sampling settings and rewards, so prompts look as
-they did in training. A plain model folder without a config needs ``--task`` (the task's preset then applies).
+they did in training. A model without a config (a base model folder or a hub id) is read with the first saved
+config among the checkpoints (the same prompts), or, when none has one, with the preset of ``--task``.
 LoRA checkpoints (adapters only) load on top of the base model named in their config.
 """
 
@@ -32,12 +33,16 @@ def saved_config(ckpt: Path) -> Path | None:
     return None
 
 
-def checkpoint_config(ckpt: str | Path, task: str = "") -> tuple[Config, str | None]:
-    """(the config to evaluate ``ckpt`` with, the LoRA adapter folder or None)."""
+def checkpoint_config(ckpt: str | Path, task: str = "", fallback: Path | None = None) -> tuple[Config, str | None]:
+    """(the config to evaluate ``ckpt`` with, the LoRA adapter folder or None). A model without a saved config
+    (a base model folder or hub id) takes ``fallback`` (another checkpoint's config: same prompts), else the
+    preset of ``task``."""
+    name = str(ckpt)
     ckpt = Path(ckpt)
-    if not ckpt.exists():
-        raise ConfigError(f"checkpoint {ckpt} does not exist")
-    path = saved_config(ckpt)
+    if not ckpt.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
+        raise ConfigError(f"checkpoint {ckpt} does not exist (hub ids look like 'org/name')")
+    path = saved_config(ckpt) if ckpt.exists() else None
+    path = path or fallback
     if path is not None:
         cfg = Config.load(path)
     elif task:
@@ -46,12 +51,13 @@ def checkpoint_config(ckpt: str | Path, task: str = "") -> tuple[Config, str | N
         raise ConfigError(f"{ckpt} has no config.yaml (nor has its parent folder): give --task")
     if (ckpt / "adapter_config.json").exists():  # LoRA: the base model of the run + these adapters
         return cfg, str(ckpt)
-    model = replace(cfg.model, path=str(ckpt), tokenizer="", lora=replace(cfg.model.lora, r=0))
+    model = replace(cfg.model, path=name, tokenizer="", lora=replace(cfg.model.lora, r=0))
     return replace(cfg, model=model), None
 
 
 def evaluate_checkpoint(ckpt: str | Path, data: str | Path, task: str = "", samples: int = 0, *, seed: int = 0,
-                        batch_size: int = 32, limit: int = 0, temperature: float | None = None) -> dict:
+                        batch_size: int = 32, limit: int = 0, temperature: float | None = None,
+                        fallback: Path | None = None) -> dict:
     """Generate over ``data`` with ``ckpt`` and compute the task's metrics.
     Returns {"task", "metrics": {name: value}, "outputs": [{prompt, reference, greedy, samples}], "counts"}."""
     import torch
@@ -61,7 +67,7 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, task: str = "", samp
     from .rewards import compute
     from .train import Prompts, build_rewards, generate
 
-    cfg, adapter = checkpoint_config(ckpt, task)
+    cfg, adapter = checkpoint_config(ckpt, task, fallback)
     spec = tasks.get(task or cfg.task) if (task or cfg.task) else None
     if spec is None:
         raise ConfigError(f"{ckpt}: its config names no task; give --task")
@@ -168,15 +174,16 @@ def run(checkpoints: list[str], data: str, task: str = "", samples: int = 0, out
         raise DataError(f"eval data {data} does not exist")
     if samples < 0:
         raise ConfigError(f"--samples must be >= 0 (got {samples})")
-    if not task:  # one task for all columns: the first checkpoint's
-        path = saved_config(Path(checkpoints[0]))
-        task = Config.load(path).task if path else ""
+    # a checkpoint without a config (the base model) is read with the first saved config: the same prompts
+    fallback = next((p for p in (saved_config(Path(c)) for c in checkpoints if Path(c).exists()) if p), None)
+    if not task:  # one task for all columns: from the first saved config
+        task = Config.load(fallback).task if fallback else ""
     results = []
     for i, ckpt in enumerate(checkpoints):
         if console is not None:
             console.print(f"[dim]evaluating {ckpt} ({i + 1}/{len(checkpoints)})[/dim]")
         results.append(evaluate_checkpoint(ckpt, data, task, samples, seed=seed, batch_size=batch_size, limit=limit,
-                                           temperature=temperature))
+                                           temperature=temperature, fallback=fallback))
     out_dir = Path(out) if out else Path(checkpoints[-1]).parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = [_label(c) for c in checkpoints]

@@ -70,10 +70,12 @@ def test_two_checkpoints_one_table_and_corpus_metrics_equal_the_library(runs, tm
 
 
 def test_summarization_metrics_and_the_default_out_folder(runs, capsys):
-    run, data, _ = runs["summarization"]
-    rc = main(["eval", str(run / "checkpoint-1"), str(run / "checkpoint-2"), "--data", str(data), "--limit", "8"])
+    run, data, model_dir = runs["summarization"]
+    rc = main(["eval", model_dir, str(run / "checkpoint-2"), "--data", str(data), "--limit", "8"])
     assert rc == 0
     s = json.loads((run / "eval" / "eval.json").read_text())   # default: eval/ beside the last checkpoint
+    # the base model (no config of its own) is read with the run's config: its max_prompt_tokens=96 truncates
+    assert [c["counts"].get("truncated_prompts") for c in s["checkpoints"]] == [8, 8]
     outs = _lines(run / "eval" / "outputs-1.jsonl")
     hyps, refs = [o["greedy"] for o in outs], [o["reference"] for o in outs]
     m = s["checkpoints"][1]["metrics"]

@@ -355,6 +355,9 @@ def main(argv: list[str]) -> int:
             for p in write_example(t, Path(where) / t if task == "all" else where):
                 print(p)
         return 0
+    import torch
+
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, and the numbers do not depend on the core count
     s = run_example(task, where)
     from .. import evaluate
 
