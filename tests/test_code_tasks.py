@@ -15,6 +15,7 @@ from rlft.tasks.code import (
     TASKS,
     bugfix_rows,
     completion_rows,
+    evaluate_pass_at_k,
     load_humaneval,
     load_mbpp,
     pass_at_k,
@@ -200,3 +201,12 @@ def test_pass_at_k_table():
     # two problems, 10 samples each, 3 and 0 correct: pass@1 = (0.3 + 0) / 2; k = 20 > n is left out
     table = pass_at_k_table([(10, 3), (10, 0)], ks=(1, 2, 20))
     assert table == pytest.approx({"pass@1": 0.15, "pass@2": (1 - 21 / 45) / 2})
+
+
+def test_evaluate_pass_at_k_runs_the_samples():
+    rows = completion_rows()[:2]
+    right, wrong = [r["reference"] for r in rows], "    return None\n"
+    # row 0: 2 of 4 samples correct; row 1: 1 of 4. pass@1 = (2/4 + 1/4) / 2 = 0.375;
+    # pass@2 = (1 - C(2,2)/C(4,2) + 1 - C(3,2)/C(4,2)) / 2 = (5/6 + 1/2) / 2 = 2/3
+    samples = [[right[0], wrong, right[0], wrong], [wrong, wrong, right[1], wrong]]
+    assert evaluate_pass_at_k(rows, samples, ks=(1, 2)) == pytest.approx({"pass@1": 0.375, "pass@2": 2 / 3})

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .base import register, report
@@ -343,9 +343,14 @@ def code_style(prompts, completions, entry_point=None, code_prefix=None, *, chec
     entry_point = entry_point if entry_point is not None else [None] * n
     code_prefix = code_prefix if code_prefix is not None else [None] * n
     checks = [checks] if isinstance(checks, str) else list(checks)
-    out = []
-    for c, e, p in zip(completions, entry_point, code_prefix):
+
+    def score(args):
+        c, e, p = args
         verdicts = [v for v in style_report(extract_code(c, p or None, e or None), checks, max_line_length).values()
                     if v is not None]
-        out.append(sum(verdicts) / len(verdicts) if verdicts else None)
-    return out
+        return sum(verdicts) / len(verdicts) if verdicts else None
+    rows = list(zip(completions, entry_point, code_prefix))
+    if "ruff" not in checks or len(rows) < 2:
+        return [score(r) for r in rows]
+    with ThreadPoolExecutor(min(8, len(rows))) as pool:       # threads wait on ruff processes
+        return list(pool.map(score, rows))

@@ -245,6 +245,26 @@ def pass_at_k_table(counts: list[tuple[int, int]], ks=(1, 5, 10)) -> dict[str, f
     return out
 
 
+def evaluate_pass_at_k(rows: list[dict], samples: list[list[str]], ks=(1, 5, 10), timeout_s: float = 10.0,
+                       memory_mb: int = 512) -> dict[str, float]:
+    """pass@k of ``samples[i]`` (n completions of ``rows[i]``): each completion runs in the sandbox
+    (through the same extraction as the rewards); a sample is correct when it passes every test.
+    Returns ``{"pass@1": ..., "pass@5": ...}`` for the k that every row has samples for."""
+    from ..rewards.code import run_completions
+
+    if len(rows) != len(samples):
+        raise ValueError(f"{len(rows)} rows but {len(samples)} lists of samples")
+    flat_rows = [r for r, s in zip(rows, samples) for _ in s]
+    results = run_completions([c for s in samples for c in s], [r["tests"] for r in flat_rows],
+                              [r.get("entry_point") for r in flat_rows], [r.get("code_prefix") for r in flat_rows],
+                              timeout_s=timeout_s, memory_mb=memory_mb)
+    counts, i = [], 0
+    for s in samples:
+        counts.append((len(s), sum(r.all_passed for r in results[i:i + len(s)])))
+        i += len(s)
+    return pass_at_k_table(counts, ks)
+
+
 if __name__ == "__main__":
     for p in write_data(sys.argv[1] if len(sys.argv) > 1 else "data/code"):
         print(p)
