@@ -58,7 +58,7 @@ def cmd_sft(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run
 
-    s = run(args.out, seed=args.seed, steps=args.steps)
+    s = run(args.out, seed=args.seed, steps=args.steps, sft_steps=args.sft_steps)
     from rich.console import Console
     from rich.table import Table
 
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--steps", type=int, default=None, help="RL steps (default: the demo's own)")
+    d.add_argument("--sft-steps", type=int, default=None, help="warm-start steps (default: the demo's own)")
     d.set_defaults(fn=cmd_demo)
     for name, fn, hlp in (("train", cmd_train, "RL from a YAML config"), ("sft", cmd_sft, "supervised warm start")):
         t = sub.add_parser(name, help=hlp)

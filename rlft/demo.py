@@ -57,7 +57,7 @@ def demo_config(out: Path, model_dir: Path, train: Path, evals: Path, seed: int)
     })
 
 
-def run(out: str | Path = "runs/demo", seed: int = 0, steps: int | None = None) -> dict:
+def run(out: str | Path = "runs/demo", seed: int = 0, steps: int | None = None, sft_steps: int | None = None) -> dict:
     """Build everything, train, and return the summary {before, after, seconds}."""
     import torch
 
@@ -73,10 +73,12 @@ def run(out: str | Path = "runs/demo", seed: int = 0, steps: int | None = None) 
     model = tiny_causal_lm(tok, arch="llama", hidden=96, layers=2, heads=4, max_positions=64, seed=seed)
     model_dir = Path(save_tiny(out / "base-model", model, tok))
     cfg = demo_config(out / "run", model_dir, train_path, eval_path, seed)
-    if steps is not None:
-        from dataclasses import replace
+    from dataclasses import replace
 
+    if steps is not None:
         cfg = replace(cfg, train=replace(cfg.train, steps=steps))
+    if sft_steps is not None:
+        cfg = replace(cfg, sft=replace(cfg.sft, steps=sft_steps))
     run_dir = train(cfg, overwrite=True)
     evals = [json.loads(l) for l in (run_dir / "eval.jsonl").read_text().splitlines()]
     keys = ("eval/bleu", "eval/exact_match")

@@ -78,7 +78,8 @@ def test_dtype_bf16_and_missing_path(tmp_path):
 
 def test_demo_writes_summary(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "rlft", "demo", "--out", str(out), "--steps", "2"],
+    proc = subprocess.run([sys.executable, "-m", "rlft", "demo", "--out", str(out), "--steps", "2",
+                           "--sft-steps", "10"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
