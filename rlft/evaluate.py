@@ -116,7 +116,7 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, task: str = "", samp
         ok = [not bad for bad in res.invalid]
         total = [sum(v) for v, good in zip(res.token_rewards, ok) if good]
         out = {"reward": sum(total) / max(1, len(total))}
-        out.update({f"reward/{k}": v for k, v in res.metrics().items()
+        out.update({k: v for k, v in res.metrics().items()   # reward/<name>: each component's mean
                     if k.startswith("reward/") and not k.endswith(("_none_frac", "invalid_frac")) and "/" not in k[7:]})
         return out
 

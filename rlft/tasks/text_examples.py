@@ -277,14 +277,14 @@ def write_example(task: str, folder: str | Path, seed: int = 0, tokenizer=None, 
 # ------------------------------------------------------------------------------------ worked examples
 
 EXAMPLES = {  # model, tokenizer and schedule of each worked example (docs/tasks/<task>.md)
-    "translation": dict(arch="t5", hidden=64, vocab=320, sft=dict(steps=150, lr=3e-3, batch_size=32),
-                        rl=dict(steps=30, lr=3e-4), max_new_tokens=20),
-    "summarization": dict(arch="bart", hidden=64, vocab=400, sft=dict(steps=150, lr=3e-3, batch_size=32),
-                          rl=dict(steps=30, lr=3e-4), max_new_tokens=16),
+    "translation": dict(arch="t5", hidden=64, vocab=320, sft=dict(steps=100, lr=3e-3, batch_size=32),
+                        rl=dict(steps=60, lr=2e-4, prompts=16, group=8, temperature=0.7), max_new_tokens=20),
+    "summarization": dict(arch="bart", hidden=64, vocab=400, sft=dict(steps=45, lr=3e-3, batch_size=32),
+                          rl=dict(steps=60, lr=2e-4, prompts=16, group=8, temperature=0.7), max_new_tokens=16),
     "dialogue": dict(arch="llama", hidden=64, vocab=400, sft=dict(steps=60, lr=3e-3, batch_size=32),
-                     rl=dict(steps=30, lr=3e-4), max_new_tokens=24),
-    "creative_writing": dict(arch="llama", hidden=64, vocab=400, sft=dict(steps=100, lr=3e-3, batch_size=32),
-                             rl=dict(steps=30, lr=3e-4), max_new_tokens=40),
+                     rl=dict(steps=30, lr=3e-4, prompts=8, group=4), max_new_tokens=24),
+    "creative_writing": dict(arch="llama", hidden=64, vocab=400, sft=dict(steps=250, lr=3e-3, batch_size=32),
+                             rl=dict(steps=40, lr=3e-4, prompts=8, group=4), max_new_tokens=40),
 }
 
 
@@ -293,9 +293,10 @@ def example_config(task: str, out: Path, model_dir: Path, data: Path, seed: int 
     e = {**EXAMPLES[task], **over}
     cfg = {"task": task, "model": {"path": str(model_dir)},
            "data": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl")},
-           "rollout": {"batch_prompts": 8, "num_generations": 4, "max_new_tokens": e["max_new_tokens"]},
+           "rollout": {"batch_prompts": e["rl"]["prompts"], "num_generations": e["rl"]["group"],
+                       "max_new_tokens": e["max_new_tokens"], "temperature": e["rl"].get("temperature", 1.0)},
            "algo": {"estimator": "grpo"},
-           "optim": {"lr": e["rl"]["lr"], "micro_batch_size": 32},
+           "optim": {"lr": e["rl"]["lr"], "micro_batch_size": 64},
            "sft": e["sft"],
            "train": {"steps": e["rl"]["steps"], "seed": seed, "out": str(out), "eval_every": 0,
                      "eval_max_prompts": 64},
