@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, ModelConfig
+from .lean import lean
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -199,8 +200,12 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
     ids = torch.cat([prompt_ids, completion_ids], 1)                      # [N, P+T]
     mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)
     backbone, head = output_head(model)
-    h = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                 use_cache=False).last_hidden_state                       # [N, P+T, H]
+    fast = lean(model, p + t)  # the same arithmetic without transformers' per-call bookkeeping (rlft/lean.py)
+    if fast is not None:
+        h = fast.hidden(ids, mask, position_ids(mask))                     # [N, P+T, H]
+    else:
+        h = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                     use_cache=False).last_hidden_state                   # [N, P+T, H]
     h = h[:, p - 1:p - 1 + t]                                              # states s_t predicting a_t: [N, T, H]
     flat_h = h.reshape(n * t, -1)
     flat_y = completion_ids.reshape(-1)

@@ -1,7 +1,10 @@
 """Sampling completions: the `Rollout` contract and a batched, KV-cached sampling loop.
 
-The loop keeps everything on the device: no per-step host sync except every `sync_every` steps to stop
-early when all sequences have finished, and when stop strings must be checked on decoded text.
+The loop keeps everything on the device: no per-step host sync except every `sync_every` steps -- to stop
+when all sequences have finished and to drop finished rows from the batch -- and when stop strings must be
+checked on decoded text. Supported architectures decode through rlft/lean.py (the model's own modules, a KV
+cache allocated once); others through transformers' forward. Each step draws one uniform number per row
+(inverse-CDF sampling) and writes the token as drawn; cutting at EOS and padding happen once, at the end.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .policy import position_ids
+from .lean import lean
+from .policy import output_head, position_ids
 
 
 @dataclass(frozen=True)
@@ -86,56 +90,103 @@ def _sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
     n = prompt_ids.shape[0]
     device = prompt_ids.device
     pad = tokenizer.pad_token_id
-    eos = torch.tensor(eos_ids if eos_ids is not None else tokenizer.rlft_eos_ids, device=device)
-    tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)      # [N, T]
+    eos = torch.tensor(eos_ids if eos_ids is not None else tokenizer.rlft_eos_ids, dtype=torch.long, device=device)
+    tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)      # [N, T] as drawn; cut below
     logps = torch.zeros((n, max_new_tokens), device=device)                               # [N, T]
     done = torch.zeros(n, dtype=torch.bool, device=device)                                # [N]
-    lengths = torch.zeros(n, dtype=torch.long, device=device)                             # [N]
-    reason = torch.zeros(n, dtype=torch.long, device=device)  # 0 length, 1 eos, 2 stop
-    attn = torch.cat([prompt_mask, torch.ones((n, max_new_tokens), dtype=prompt_mask.dtype, device=device)], 1)
+    stop_len = torch.zeros(n, dtype=torch.long, device=device)                            # [N] 0 = no stop string
     pos = position_ids(prompt_mask)
-    p = prompt_ids.shape[1]
-    cache_in, cache_out = _cache_names(model)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos, use_cache=True,
-                logits_to_keep=1)
-    cache, next_pos = out[cache_out], pos[:, -1:] + 1
-    logits = out.logits[:, -1].float()
-    stop_ids = _stop_window(tokenizer, stop)
+    fast = lean(model, prompt_ids.shape[1] + max_new_tokens)  # own forward, preallocated KV cache (rlft/lean.py)
+    dec = fast.decoder(prompt_ids, prompt_mask, pos, max_new_tokens, output_head(model)[1]) if fast is not None \
+        else _Transformers(model, prompt_ids, prompt_mask, pos, max_new_tokens)
+    logits = dec.logits
+    rows = None  # the rows still decoded, once finished ones have been dropped from the batch (None: all)
+    window = _stop_window(tokenizer, stop)
     steps = 0
     for t in range(max_new_tokens):
-        if temperature > 0:
-            logits = logits / temperature
-            lsm = torch.log_softmax(logits, -1)
-            filtered = filter_logits(lsm, top_k, top_p)
-            tok = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+        tok, lp = _draw(logits, temperature, top_k, top_p, generator)                     # [n], [n]
+        hit = torch.isin(tok, eos)
+        if rows is None:
+            tokens[:, t], logps[:, t] = tok, lp
+            done |= hit
         else:
-            lsm = torch.log_softmax(logits, -1)
-            tok = logits.argmax(-1)
-        live = ~done
-        tokens[:, t] = torch.where(live, tok, pad)
-        logps[:, t] = torch.where(live, lsm.gather(-1, tok[:, None]).squeeze(-1), 0.0)
-        lengths += live.long()
-        hit_eos = live & torch.isin(tok, eos)
-        reason = torch.where(hit_eos, 1, reason)
-        done = done | hit_eos
+            tokens[rows, t], logps[rows, t] = tok, lp
+            done[rows] |= hit
         steps = t + 1
         if stop:
-            hit_stop = _ends_with_stop(tokenizer, tokens[:, max(0, t + 1 - stop_ids):t + 1], stop) & ~done
-            reason = torch.where(hit_stop, 2, reason)
-            done = done | hit_stop
-        if t == max_new_tokens - 1 or ((t + 1) % sync_every == 0 and bool(done.all())):
+            hit_stop = _ends_with_stop(tokenizer, tokens[:, max(0, t + 1 - window):t + 1], stop) & ~done
+            stop_len = torch.where(hit_stop, t + 1, stop_len)
+            done |= hit_stop
+        if t == max_new_tokens - 1:
             break
-        out = model(input_ids=tokens[:, t:t + 1], attention_mask=attn[:, :p + t + 1], position_ids=next_pos,
-                    use_cache=True, **{cache_in: cache})
-        cache, next_pos = out[cache_out], next_pos + 1
-        logits = out.logits[:, -1].float()
-    tokens, logps = tokens[:, :steps], logps[:, :steps]
-    mask = (torch.arange(steps, device=device)[None] < lengths[:, None]).long()
+        if (t + 1) % sync_every == 0:  # the only host sync: stop when all have finished, drop finished rows
+            live = (~done).nonzero().squeeze(-1)
+            if live.numel() == 0:
+                break
+            if dec.keep is not None and live.numel() <= 0.75 * (n if rows is None else rows.numel()):
+                keep = live if rows is None else torch.searchsorted(rows, live)  # positions in the current batch
+                dec.keep(keep)
+                tok, rows = tok[keep], live
+        logits = dec.step(tok)
+    return _finish(tokenizer, prompt_ids, prompt_mask, tokens[:, :steps], logps[:, :steps], eos, stop_len, stop, pad)
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator):
+    """One token per row ([N, V] logits) and its log-prob at the temperature, before top-k / top-p."""
+    if temperature <= 0:
+        return logits.argmax(-1), torch.log_softmax(logits, -1).amax(-1)
+    lsm = torch.log_softmax(logits / temperature, -1)
+    weights = filter_logits(lsm, top_k, top_p).exp()
+    # inverse-CDF sampling: one uniform per row (torch.multinomial draws one exponential per vocabulary entry);
+    # the running sum in float64 keeps a token's share of [0, total) exact to ~1e-16 even for large vocabularies
+    cdf = weights.double().cumsum(-1)                                                       # [N, V]
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, dtype=cdf.dtype, device=cdf.device) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # below the last step, never on it
+    tok = torch.searchsorted(cdf, u, right=True).squeeze(-1)   # the first entry whose cdf exceeds u: weight > 0
+    return tok, lsm.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def _finish(tokenizer, prompt_ids, prompt_mask, tokens, logps, eos, stop_len, stop, pad) -> Rollout:
+    """Cut each row at its first EOS (kept) or stop string, pad the rest, decode the text the rewards see."""
+    n, steps = tokens.shape
+    is_eos = torch.isin(tokens, eos)                                                        # [N, T]
+    never = steps + 1
+    end_eos = torch.where(is_eos.any(-1), is_eos.long().argmax(-1) + 1, never)              # [N]
+    end_stop = torch.where(stop_len > 0, stop_len, never)
+    lengths = torch.minimum(torch.minimum(end_eos, end_stop), torch.full_like(end_eos, steps))
+    reason = torch.where(end_eos == lengths, 1, torch.where(end_stop == lengths, 2, 0))  # 0 length, 1 eos, 2 stop
+    mask = (torch.arange(steps, device=tokens.device)[None] < lengths[:, None]).long()
+    tokens = torch.where(mask.bool(), tokens, pad)
+    logps = logps * mask
     finish = [("length", "eos", "stop")[r] for r in reason.tolist()]
     texts = tokenizer.batch_decode([row[:l] for row, l in zip(tokens.tolist(), lengths.tolist())],
                                    skip_special_tokens=True)
     texts = [_strip_stop(s, stop) if f == "stop" else s for s, f in zip(texts, finish)]
     return Rollout(prompt_ids, prompt_mask, tokens, mask, logps, finish, texts)
+
+
+class _Transformers:
+    """Decoding through transformers' forward and cache: the fallback for models rlft/lean.py does not cover."""
+
+    keep = None  # finished rows stay in the batch
+
+    def __init__(self, model, ids, mask, pos, max_new_tokens: int):
+        self.model = model
+        self.cache_in, self.cache_out = _cache_names(model)
+        self.attn = torch.cat([mask, torch.ones((ids.shape[0], max_new_tokens), dtype=mask.dtype, device=ids.device)], 1)
+        self.length = ids.shape[1]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        self.cache, self.pos = out[self.cache_out], pos[:, -1:] + 1
+        self.logits = out.logits[:, -1].float()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.length += 1
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.attn[:, :self.length], position_ids=self.pos,
+                         use_cache=True, **{self.cache_in: self.cache})
+        self.cache, self.pos = out[self.cache_out], self.pos + 1
+        self.logits = out.logits[:, -1].float()
+        return self.logits
 
 
 def _stop_window(tokenizer, stop) -> int:

@@ -1,0 +1,224 @@
+"""Lean forward passes for the common decoder-only architectures: the Llama family (llama, mistral, qwen2,
+qwen3) and GPT-2.
+
+transformers' forward builds masks, caches and output objects on every call, and its KV cache grows by
+concatenation (a copy of the whole cache per layer per token). At the batch and model sizes of RL on a CPU
+that bookkeeping costs as much as the matrix products. `Lean` runs the model's own modules (projections,
+norms, MLPs, rotary embedding) with SDPA attention, one mask per call and, for sampling, a KV cache
+allocated once. The arithmetic is transformers' own, in the same order (tests/test_lean.py checks hidden
+states against transformers and greedy decoding against `generate`, token for token).
+
+``lean(model)`` returns None for anything else -- another architecture or attention implementation,
+gradient checkpointing, dropout while training, a sliding window shorter than the sequence -- and the
+callers use transformers' forward instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
+TANH_GELU = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")
+
+
+def lean(model, length: int = 0) -> Lean | None:
+    """A `Lean` view of ``model`` (a plain or PEFT-wrapped causal LM), or None when unsupported.
+    ``length``: the longest sequence it will see (a sliding window must not cut it)."""
+    from .policy import unwrap
+
+    m = unwrap(model)
+    cfg = m.config
+    kind = getattr(cfg, "model_type", None)
+    if kind not in LLAMA_LIKE + ("gpt2",) or getattr(cfg, "is_encoder_decoder", False):
+        return None
+    if getattr(cfg, "_attn_implementation", None) != "sdpa":
+        return None
+    window = getattr(cfg, "sliding_window", None)
+    if window is not None and length >= window:
+        return None
+    ckpt = getattr(m, "is_activation_checkpointing", None)  # transformers >= 5.x; older: is_gradient_checkpointing
+    if ckpt is None:
+        ckpt = getattr(m, "is_gradient_checkpointing", False)
+    if ckpt and torch.is_grad_enabled():
+        return None
+    if m.training and any(isinstance(x, torch.nn.Dropout) and x.p > 0 for x in m.modules()):
+        return None
+    if kind == "gpt2":
+        if cfg.scale_attn_by_inverse_layer_idx or cfg.reorder_and_upcast_attn or cfg.add_cross_attention:
+            return None
+        if getattr(m.transformer, "wte", None) is None:
+            return None
+    elif getattr(cfg, "attention_dropout", 0.0) and m.training:
+        return None
+    return Lean(m, kind)
+
+
+def _rotate_half(x):
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Lean:
+    """The backbone of a supported model as plain tensor code. ``hidden`` is the training / scoring forward
+    (autograd works through it); ``decoder`` starts KV-cached sampling."""
+
+    def __init__(self, model, kind: str):
+        self.model, self.kind = model, kind
+        cfg = model.config
+        if kind == "gpt2":
+            self.body = model.transformer
+            self.layers = list(self.body.h)
+            self.heads = self.kv_heads = cfg.n_head
+            self.head_dim = cfg.n_embd // cfg.n_head
+        else:
+            self.body = model.model
+            self.layers = list(self.body.layers)[:cfg.num_hidden_layers]
+            att = self.layers[0].self_attn
+            self.head_dim = att.head_dim
+            self.heads = cfg.num_attention_heads
+            self.kv_heads = cfg.num_key_value_heads
+        self.groups = self.heads // self.kv_heads
+
+    # ------------------------------------------------------------------------------------------ pieces
+
+    def _embed(self, ids, pos):
+        if self.kind == "gpt2":
+            b = self.body
+            return b.drop(b.wte(ids) + b.wpe(pos)), None
+        h = self.body.embed_tokens(ids)
+        cos, sin = self.body.rotary_emb(h, position_ids=pos)          # [N, L, D] each
+        return h, (cos[:, None], sin[:, None])
+
+    def _qkv(self, layer, x, rope):
+        """Queries [N, H, L, D], keys and values [N, Hkv, L, D] of one layer, rotary applied."""
+        n, q = x.shape[:2]
+        if self.kind == "gpt2":
+            a = layer.attn
+            qs, ks, vs = a.c_attn(x).split(a.split_size, dim=2)
+            shape = (n, q, -1, self.head_dim)
+            return (qs.view(shape).transpose(1, 2), ks.view(shape).transpose(1, 2), vs.view(shape).transpose(1, 2))
+        a = layer.self_attn
+        shape = (n, q, -1, self.head_dim)
+        qs, ks = a.q_proj(x).view(shape), a.k_proj(x).view(shape)
+        if hasattr(a, "q_norm"):  # qwen3: RMSNorm over each head
+            qs, ks = a.q_norm(qs), a.k_norm(ks)
+        qs, ks, vs = qs.transpose(1, 2), ks.transpose(1, 2), a.v_proj(x).view(shape).transpose(1, 2)
+        cos, sin = rope
+        qs = (qs * cos) + (_rotate_half(qs) * sin)
+        ks = (ks * cos) + (_rotate_half(ks) * sin)
+        return qs, ks, vs
+
+    def _attend(self, layer, qs, ks, vs, mask):
+        """SDPA as transformers calls it (grouped-query attention packed for one query, repeated otherwise)."""
+        a = layer.attn if self.kind == "gpt2" else layer.self_attn
+        n, _, q, d = qs.shape
+        drop = a.attn_dropout.p if self.kind == "gpt2" else a.attention_dropout
+        drop = drop if a.training else 0.0
+        if self.groups > 1:
+            if q == 1:
+                qs = qs.reshape(n, self.kv_heads, self.groups, d)
+            else:
+                ks = ks[:, :, None].expand(n, self.kv_heads, self.groups, *ks.shape[2:]).reshape(
+                    n, self.heads, *ks.shape[2:])
+                vs = vs[:, :, None].expand(n, self.kv_heads, self.groups, *vs.shape[2:]).reshape(
+                    n, self.heads, *vs.shape[2:])
+        o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, dropout_p=drop, scale=a.scaling)
+        o = o.reshape(n, -1, q, d).transpose(1, 2).reshape(n, q, -1)
+        return a.c_proj(o) if self.kind == "gpt2" else a.o_proj(o)
+
+    def _block(self, layer, h, rope, mask, cache=None, start: int = 0):
+        if self.kind == "gpt2":
+            ln1, ln2, mlp = layer.ln_1, layer.ln_2, layer.mlp
+            drop = layer.attn.resid_dropout
+        else:
+            ln1, ln2, mlp = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp
+            drop = None
+        qs, ks, vs = self._qkv(layer, ln1(h), rope)
+        if cache is not None:  # write this call's keys and values, attend over everything so far
+            kc, vc = cache
+            end = start + ks.shape[2]
+            kc[:, :, start:end] = ks
+            vc[:, :, start:end] = vs
+            ks, vs = kc[:, :, :end], vc[:, :, :end]
+        o = self._attend(layer, qs, ks, vs, mask)
+        h = h + (drop(o) if drop is not None else o)
+        return h + self._mlp(mlp, ln2(h))
+
+    def _mlp(self, mlp, x):
+        # GPT-2's gelu_new, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), is eight elementwise ops whose
+        # outputs autograd keeps ([tokens, 4H] each); F.gelu(approximate="tanh") is the same function in one
+        # kernel that keeps its input only (values agree to ~1e-7). Only where gradients flow: sampling keeps
+        # transformers' arithmetic, so greedy decoding matches `generate` exactly.
+        if self.kind == "gpt2" and torch.is_grad_enabled() and type(mlp.act).__name__ in TANH_GELU:
+            return mlp.dropout(mlp.c_proj(F.gelu(mlp.c_fc(x), approximate="tanh")))
+        return mlp(x)
+
+    def _final(self, h):
+        return self.body.ln_f(h) if self.kind == "gpt2" else self.body.norm(h)
+
+    @staticmethod
+    def _mask(valid: torch.Tensor) -> torch.Tensor:
+        """[N, 1, L, L] bool: causal, padding keys hidden. Each position also sees itself, so a padding row is
+        never fully masked (its output is unused; a fully masked row would give NaN)."""
+        length = valid.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
+        m = (causal[None] & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=valid.device)[None]
+        return m[:, None]
+
+    # -------------------------------------------------------------------------------------------- API
+
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [N, L, H] (after the final norm), as ``model.base_model(...).last_hidden_state``."""
+        h, rope = self._embed(ids, pos)
+        m = self._mask(mask.bool())
+        for layer in self.layers:
+            h = self._block(layer, h, rope, m)
+        return self._final(h)
+
+    def decoder(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, max_new_tokens: int,
+                head) -> Decoder:
+        return Decoder(self, ids, mask, pos, max_new_tokens, head)
+
+
+class Decoder:
+    """KV-cached decoding: the cache ([layers] x [N, Hkv, P + T, D]) and the key mask are allocated once.
+
+    ``logits`` [N, V] holds the next-token logits after the prompt, then after each ``step(tokens)``."""
+
+    def __init__(self, lean: Lean, ids, mask, pos, max_new_tokens: int, head):
+        self.lean, self.head = lean, head
+        n, p = ids.shape
+        size = p + max_new_tokens
+        h0 = lean.body.wte.weight if lean.kind == "gpt2" else lean.body.embed_tokens.weight
+        kw = {"dtype": h0.dtype, "device": ids.device}
+        self.cache = [(torch.empty(n, lean.kv_heads, size, lean.head_dim, **kw),
+                       torch.empty(n, lean.kv_heads, size, lean.head_dim, **kw)) for _ in lean.layers]
+        self.valid = torch.ones(n, size, dtype=torch.bool, device=ids.device)
+        self.valid[:, :p] = mask.bool()
+        self.pos = pos[:, -1:] + 1                                            # [N, 1] next position
+        self.length = p
+        h, rope = lean._embed(ids, pos)
+        m = Lean._mask(mask.bool())
+        for layer, cache in zip(lean.layers, self.cache):
+            h = lean._block(layer, h, rope, m, cache, 0)
+        self.logits = head(lean._final(h[:, -1])).float()                      # [N, V]
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """Go on with the rows ``idx`` only (finished rows leave the batch; their cache is freed)."""
+        self.cache = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.cache]
+        self.valid, self.pos, self.logits = self.valid[idx], self.pos[idx], self.logits[idx]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row ([N]); returns the next logits [N, V]."""
+        lean = self.lean
+        h, rope = lean._embed(tokens[:, None], self.pos)
+        start = self.length
+        self.length += 1
+        m = self.valid[:, None, None, :self.length]                            # [N, 1, 1, S]
+        for layer, cache in zip(lean.layers, self.cache):
+            h = lean._block(layer, h, rope, m, cache, start)
+        self.pos = self.pos + 1
+        self.logits = self.head(lean._final(h[:, -1])).float()
+        return self.logits
