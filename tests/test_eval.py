@@ -114,3 +114,23 @@ def test_code_metrics_pass_at_1_and_pass_at_k():
     want2 = (pass_at_k(2, 1, 2) + pass_at_k(2, 2, 2) + pass_at_k(2, 0, 2)) / 3
     assert m["pass@1 (sampled)"] == pytest.approx(want1) == pytest.approx(0.5)
     assert m["pass@2 (sampled)"] == pytest.approx(want2) == pytest.approx(2 / 3)
+
+
+def test_lora_checkpoints_load_on_their_base_model(tiny_model_dir, tmp_path, capsys):
+    pytest.importorskip("peft")
+    from rlft.tasks.text_examples import write_example
+    from rlft.train import train
+
+    write_example("translation", tmp_path / "data")
+    cfg = Config.from_dict({
+        "task": "translation", "model": {"path": tiny_model_dir, "lora": {"r": 4}},
+        "data": {"train": str(tmp_path / "data" / "train.jsonl")},
+        "rollout": {"batch_prompts": 2, "num_generations": 2, "max_new_tokens": 4}, "optim": {"lr": 1e-1},
+        "train": {"steps": 1, "out": str(tmp_path / "run")}, "log": {"console": False}})
+    run = train(cfg)
+    assert (run / "checkpoint-1" / "adapter_config.json").exists()
+    rc = main(["eval", tiny_model_dir, str(run / "checkpoint-1"), "--data", str(tmp_path / "data" / "eval.jsonl"),
+               "--limit", "4", "--out", str(tmp_path / "e")])
+    assert rc == 0, capsys.readouterr().err
+    s = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert all("corpus_chrf" in c["metrics"] for c in s["checkpoints"])

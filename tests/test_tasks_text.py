@@ -22,7 +22,7 @@ TEXT = ("translation", "summarization", "dialogue", "creative_writing")
 def test_preset_sits_under_the_users_keys():
     cfg = Config.load(None, ["task=translation", "data.template='{prompt}'", "rollout.max_new_tokens=7"])
     assert cfg.data.template == "{prompt}" and cfg.rollout.max_new_tokens == 7     # the user's keys win
-    assert cfg.rollout.stop == ["\n"] and cfg.data.train == "data/translation/train.jsonl"  # the rest: the preset
+    assert cfg.rollout.stop == ["\n"] and cfg.data.max_prompt_tokens == 256  # the rest: the preset, or defaults
     assert [r.fn for r in cfg.rewards.components] == ["bleu", "chrf"]
     cfg = Config.load(None, ["task=translation", "rewards=[{fn: ter}]", "rollout.stop=[]"])
     assert [r.fn for r in cfg.rewards.components] == ["ter"] and cfg.rollout.stop == []  # lists replace whole

@@ -2,7 +2,7 @@
 
 ``task: translation`` in a config puts the task's preset *under* the user's YAML: every key stays
 overridable, mappings merge key by key, and a list (``rewards``, ``rollout.stop``) given by the user replaces
-the preset's whole. ``rlft eval`` computes the task's metrics (``Task.metrics``) on a model's outputs.
+the preset's whole. Presets name no data files: the config does. ``rlft eval`` computes the task's metrics (``Task.metrics``) on a model's outputs.
 
 | task | rewards | evaluation |
 | --- | --- | --- |
@@ -67,9 +67,9 @@ def preset(name: str) -> dict:
 
 # ------------------------------------------------------------------------------------- code tasks
 
-def _code_preset(file: str, rewards: list[dict], stop: list[str]) -> Callable[[], dict]:
+def _code_preset(rewards: list[dict], stop: list[str]) -> Callable[[], dict]:
     def make() -> dict:
-        return {"data": {"train": f"data/code/{file}.jsonl", "eval_fraction": 0.25, "template": "{prompt}"},
+        return {"data": {"template": "{prompt}"},
                 "rollout": {"max_new_tokens": 384, "temperature": 1.0, "stop": list(stop)},
                 "rewards": {"components": [dict(r) for r in rewards]}}
     return make
@@ -98,11 +98,11 @@ def code_metrics(o: Outputs) -> dict:
 _STYLE = {"name": "style", "fn": "code_style", "weight": 0.5,
           "args": {"checks": ["type_hints", "docstring", "snake_case", "no_print", "f_strings", "max_line_length"]}}
 CODE_TASKS = {
-    "code_completion": Task("code_completion", _code_preset("completion", [{"fn": "pass_rate"}],
+    "code_completion": Task("code_completion", _code_preset([{"fn": "pass_rate"}],
                                                             ["\ndef ", "\nclass ", "\nif __name__", "\n```"]),
                             code_metrics, summary="signature + docstring -> body, scored by the tests"),
-    "bug_fixing": Task("bug_fixing", _code_preset("bugfix", [{"fn": "pass_rate"}], []), code_metrics,
+    "bug_fixing": Task("bug_fixing", _code_preset([{"fn": "pass_rate"}], []), code_metrics,
                        summary="a buggy function and a failing test -> the fixed function"),
-    "style_conversion": Task("style_conversion", _code_preset("style", [{"fn": "all_pass"}, _STYLE], []),
+    "style_conversion": Task("style_conversion", _code_preset([{"fn": "all_pass"}, _STYLE], []),
                              code_metrics, summary="a function -> the same behaviour in the house style"),
 }

@@ -2,9 +2,10 @@
 and the few rewards they need beyond the library (``length_ratio``, ``form``, ``theme_similarity``,
 ``chat_reward_model``, named in configs as ``rlft.tasks.text:<name>``).
 
-Each preset is a config fragment that ``task: <name>`` puts under the user's YAML (docs/tasks/<name>.md).
-Its data paths point at the example dataset that ``python -m rlft.tasks.text_examples write <task> data`` writes
-(``data/<task>/train.jsonl``, ``eval.jsonl``; for dialogue also the tiny reward model it trains).
+Each preset is a config fragment that ``task: <name>`` puts under the user's YAML (docs/tasks/<name>.md). It
+names no data files (the config does: ``configs/<task>.yaml`` reads the example dataset that
+``python -m rlft.tasks.text_examples write <task> data/<task>`` writes); the dialogue preset's reward model is
+the tiny one that command trains, ``data/dialogue/reward-model``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ def minilm_path() -> str:
 
 def translation_preset() -> dict:
     return {
-        "data": {"train": "data/translation/train.jsonl", "eval": "data/translation/eval.jsonl",
-                 "template": "Translate into {target_lang}:\n{prompt}\n"},
+        "data": {"template": "Translate into {target_lang}:\n{prompt}\n"},
         "rollout": {"max_new_tokens": 128, "stop": ["\n"]},
         "rewards": {"components": [{"name": "bleu", "fn": "bleu"}, {"name": "chrf", "fn": "chrf"}]},
     }
@@ -35,8 +35,7 @@ def translation_preset() -> dict:
 
 def summarization_preset() -> dict:
     return {
-        "data": {"train": "data/summarization/train.jsonl", "eval": "data/summarization/eval.jsonl",
-                 "template": "Summarize:\n{prompt}\nSummary:", "max_prompt_tokens": 1024},
+        "data": {"template": "Summarize:\n{prompt}\nSummary:", "max_prompt_tokens": 1024},
         "rollout": {"max_new_tokens": 128, "stop": ["\n\n"]},
         "rewards": {"components": [
             {"name": "rougeL", "fn": "rouge", "args": {"kind": "rougeL", "use_stemmer": True}},
@@ -47,8 +46,7 @@ def summarization_preset() -> dict:
 
 def dialogue_preset() -> dict:
     return {
-        "data": {"train": "data/dialogue/train.jsonl", "eval": "data/dialogue/eval.jsonl",
-                 "system": "You are a helpful assistant."},
+        "data": {"system": "You are a helpful assistant."},
         "model": {"chat_template": "auto"},
         "rollout": {"max_new_tokens": 256},
         "rewards": {"components": [
@@ -59,8 +57,7 @@ def dialogue_preset() -> dict:
 
 def creative_writing_preset() -> dict:
     return {
-        "data": {"train": "data/creative_writing/train.jsonl", "eval": "data/creative_writing/eval.jsonl",
-                 "template": "{prompt}\n"},
+        "data": {"template": "{prompt}\n"},
         "rollout": {"max_new_tokens": 256, "temperature": 1.0},
         "rewards": {"components": [
             {"name": "keywords", "fn": "keywords", "args": {"required_column": "must_include"}},
