@@ -200,7 +200,7 @@ def _sample(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, t
     tokens, logps = tokens[:, :steps], logps[:, :steps]
     mask = (torch.arange(steps, device=device)[None] < lengths[:, None]).long()
     finish = [("length", "eos", "stop")[r] for r in reason.tolist()]
-    texts = tokenizer.batch_decode([row[:l] for row, l in zip(tokens.tolist(), lengths.tolist())],
+    texts = tokenizer.batch_decode([row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())],
                                    skip_special_tokens=True)
     texts = [_strip_stop(s, stop) if f == "stop" else s for s, f in zip(texts, finish)]
     return Rollout(prompt_ids, prompt_mask, tokens, mask, logps, finish, texts)
@@ -229,7 +229,7 @@ def hf_generate(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: in
     with torch.inference_mode():
         logp = completion_logp(model, prompt_ids, prompt_mask, tokens, cmask, temperature=temperature).logp * cmask
     finish = ["eos" if is_eos[i].any() else "length" for i in range(n)]
-    texts = tokenizer.batch_decode([row[:l] for row, l in zip(tokens.tolist(), first.tolist())],
+    texts = tokenizer.batch_decode([row[:n] for row, n in zip(tokens.tolist(), first.tolist())],
                                    skip_special_tokens=True)
     if stop:
         finish = ["stop" if f == "length" and any(s in tx for s in stop) else f for f, tx in zip(finish, texts)]

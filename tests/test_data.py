@@ -134,7 +134,7 @@ def test_columns_mapping_copies_columns_and_names_a_missing_source(tmp_path):
     p = tmp_path / "qa.jsonl"
     p.write_text(json.dumps({"question": "2+2=", "answers": ["4", "four"]}) + "\n")
     cfg = _data(train=str(p), columns="{prompt: question, reference: answers}")
-    train, evals, _ = load_splits(cfg, seed=0, needs_reference=True)
+    train, _, _ = load_splits(cfg, seed=0, needs_reference=True)
     assert train[0]["prompt"] == "2+2=" and train[0]["reference"] == ["4", "four"] and train[0]["question"] == "2+2="
     bad = _data(train=str(p), columns="{prompt: query}")
     with pytest.raises(DataError, match=r"qa.jsonl, line 1: no column 'query' to copy into 'prompt' \(data.columns\)"):

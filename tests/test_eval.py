@@ -64,7 +64,8 @@ def test_two_checkpoints_one_table_and_corpus_metrics_equal_the_library(runs, tm
     m0, m1 = (c["metrics"] for c in s["checkpoints"])
     md = (tmp_path / "ev" / "eval.md").read_text()
     assert "| metric | translation-run/checkpoint-1 | translation-run/checkpoint-2 |" in md
-    row = f"| corpus_chrf | {m0['corpus_chrf']:.4f} | {m1['corpus_chrf']:.4f} ({m1['corpus_chrf'] - m0['corpus_chrf']:+.4f}) |"
+    a_, b_ = m0["corpus_chrf"], m1["corpus_chrf"]
+    row = f"| corpus_chrf | {a_:.4f} | {b_:.4f} ({b_ - a_:+.4f}) |"
     assert row in md
     assert f"{m1['corpus_chrf']:.4f} ({m1['corpus_chrf'] - m0['corpus_chrf']:+.4f})" in printed
 

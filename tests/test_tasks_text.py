@@ -66,7 +66,8 @@ def test_form_by_hand():
 def test_chat_reward_model_reads_conversations_as_text(tmp_path):
     from rlft.tiny import byte_tokenizer, save_tiny, tiny_classifier
 
-    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "?"}]
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "?"}]
     assert conversation_text(msgs) == "user: hi\nassistant: hello\nuser: ?\nassistant: "
     assert conversation_text("plain") == "plain"
     tok = byte_tokenizer()
@@ -100,7 +101,8 @@ def test_text_metrics_are_the_corpus_functions():
     flat = [c for s in o.sampled for c in s]
     assert m["sampled/corpus_bleu"] == corpus_bleu(flat, [r for r in refs for _ in range(2)])
     s = summarization_metrics(o)
-    assert s["rougeL"] == corpus_rouge(hyps, refs, kind="rougeL") and s["rouge2"] == corpus_rouge(hyps, refs, kind="rouge2")
+    assert s["rougeL"] == corpus_rouge(hyps, refs, kind="rougeL")
+    assert s["rouge2"] == corpus_rouge(hyps, refs, kind="rouge2")
     assert s["length_ratio"] == pytest.approx((6 + 3 + 2) / (6 + 3 + 3))  # words: outputs / first references
 
 

@@ -2,7 +2,8 @@
 
 ``task: translation`` in a config puts the task's preset *under* the user's YAML: every key stays
 overridable, mappings merge key by key, and a list (``rewards``, ``rollout.stop``) given by the user replaces
-the preset's whole. Presets name no data files: the config does. ``rlft eval`` computes the task's metrics (``Task.metrics``) on a model's outputs.
+the preset's whole. Presets name no data files: the config does. ``rlft eval`` computes the task's metrics
+(``Task.metrics``) on a model's outputs.
 
 | task | rewards | evaluation |
 | --- | --- | --- |

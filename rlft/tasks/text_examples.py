@@ -141,7 +141,8 @@ def dialogue_rows(n: int, rng: random.Random) -> list[dict]:
         ask = rng.choice(DOMAINS[domain][0])
         msgs = [{"role": "user", "content": ask}]
         if rng.random() < 0.4:
-            msgs = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"}] + msgs
+            greeting = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"}]
+            msgs = greeting + msgs
         rows.append({"prompt": msgs, "reference": good_reply(domain, rng), "topic": domain})
     return rows
 
