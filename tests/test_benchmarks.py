@@ -1,0 +1,113 @@
+"""The correctness parts of benchmarks/vs_trl.py (never a timing): the reward by hand, both sides scoring the
+same samples alike, both sides tokenizing the prompts alike, both sides' effective settings equal, and the
+summary arithmetic. Tests that need TRL skip when it is not installed (it is in the `bench` extra only)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
+
+from benchmarks import vs_trl
+from benchmarks.vs_trl import Job, prompts, reward, settings, summarize_run
+
+HAS_TRL = importlib.util.find_spec("trl") is not None
+needs_trl = pytest.mark.skipif(not HAS_TRL, reason="trl is not installed (pip install -e '.[bench]')")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return vs_trl.build_model("llama-0.4M", tmp_path_factory.mktemp("bench"))
+
+
+def test_reward_by_hand():
+    # lowercase ASCII letters and spaces count; everything else does not; an empty completion scores 0
+    assert reward(["p"] * 5, ["abc", "A b", "", "é x", "a\n"]) == [1.0, 2 / 3, 0.0, 2 / 3, 0.5]
+
+
+def test_rlft_settings_read_back_from_its_config():
+    s = settings(Job(estimator="grpo", max_new_tokens=128), "rlft")
+    assert s["loss_aggregation"] == "sum / tokens in the optimizer batch" and s["advantage_scale"] == "group"
+    assert s["max_new_tokens"] == 128 and s["grad_accumulation"] == 4 and s["kl_coef"] == 0.0
+    r = settings(Job(estimator="rloo"), "rlft")
+    assert r["loss_aggregation"] == "sum / sequences in the optimizer batch" and r["advantage_scale"] == "none"
+
+
+@needs_trl
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+@pytest.mark.parametrize("tokens", [32, 128])
+def test_both_sides_run_the_same_settings(estimator, tokens):
+    job = Job(estimator=estimator, max_new_tokens=tokens)
+    a, b = settings(job, "rlft"), settings(job, "trl")
+    assert a.keys() == b.keys()
+    assert {k: v for k, v in a.items() if b[k] != v} == {}, {k: (v, b[k]) for k, v in a.items() if b[k] != v}
+
+
+def _rollout(model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlft.policy import encode_prompt, left_pad, prepare_tokenizer
+    from rlft.rollout import sample
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    prepare_tokenizer(tok, model)
+    texts = [p for p in prompts(4) for _ in range(4)]
+    ids, mask = left_pad([encode_prompt(tok, t, "off") for t in texts], tok.pad_token_id)
+    ro = sample(model, tok, ids, mask, max_new_tokens=24, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    return model, tok, texts, ro
+
+
+@needs_trl
+def test_both_sides_score_the_same_samples_alike(model_dir, tmp_path):
+    import datasets
+    import trl
+
+    from rlft.rewards import Reward
+    from rlft.train import Prompts, score
+
+    model, tok, texts, ro = _rollout(model_dir)
+    job = Job(estimator="grpo", max_new_tokens=24, batch_prompts=4)
+    # rlft: the trainer's own scoring of the rollout
+    cfg = vs_trl.rlft_config(job, model_dir, str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
+    rows = Prompts(cfg, tok).encode([{"prompt": t, "_line": i} for i, t in enumerate(texts)], "test")
+    dense, valid, _ = score(rows, ro, [Reward("reward", reward)], cfg, 1)
+    ours = (dense * ro.completion_mask).sum(-1)
+    # TRL: its decoding of the same token ids (cut after EOS) and its reward call
+    trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=vs_trl.trl_config(job, str(tmp_path / "t")),
+                              train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts(4)]),
+                              processing_class=tok)
+    ids = [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
+    completions = tok.batch_decode(ids, skip_special_tokens=True)
+    theirs = trainer._calculate_rewards([{"prompt": t} for t in texts], texts, completions, ids)[:, 0]
+    assert completions == ro.completions
+    assert valid.all() and torch.equal(ours, theirs)
+    # and both tokenize the prompts alike (no chat template, no BOS added by this tokenizer)
+    assert [r["_ids"] for r in rows] == tok(text=texts)["input_ids"]
+
+
+def test_summary_arithmetic():
+    # reward calls at t = 0, 1, 3, 4, 6 s: intervals 1, 2, 1, 2 -> the first dropped -> median of 2, 1, 2 = 2
+    calls = [{"t": t, "cpu": t / 2, "n": 32, "tokens": 320, "reward": r}
+             for t, r in zip([0, 1, 3, 4, 6], [0.1, 0.2, 0.3, 0.4, 0.5])]
+    s = summarize_run({"calls": calls, "peak_rss_mb": 100.0, "wall_s": 7.0}, Job(steps=5))
+    assert s["s_per_step"] == 2 and s["cpu_s_per_step"] == 1 and s["tokens_per_s"] == 160
+    assert s["final_reward"] == 0.5 and s["samples"] == 160  # the last quarter of 5 steps: the last one
+
+
+def test_report_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    row = {"job": "llama-0.4M 32 tok grpo", **vars(Job(steps=10)), "pairs": 1,
+           "runs": {side: [{"curve": [0.1, 0.2, 0.3]}] for side in ("rlft", "trl")}}
+    for key in ("s_per_step", "cpu_s_per_step", "tokens_per_s", "peak_rss_mb", "final_reward"):
+        row[key] = {"rlft": 1.0, "trl": 2.0, "ratio": 0.5}
+    report = {"machine": {"cpu": "x", "cores": 2, "python": "3", "torch": "t", "transformers": "t", "trl": "t",
+                          "rlft": "r", "rlft_commit": "c"}, "command": "python benchmarks/vs_trl.py", "seconds": 1,
+              "results": [row]}
+    md = vs_trl.markdown(report)
+    assert "| llama-0.4M 32 tok grpo | 320 | 1.000 | 2.000 | **0.50** |" in md
+    vs_trl.plot([row], tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
