@@ -158,52 +158,37 @@ def sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
 def _sample(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, temperature: float = 1.0,
             top_k: int = 0, top_p: float = 1.0, stop=(), eos_ids: list[int] | None = None,
             generator: torch.Generator | None = None, sync_every: int = 8):
-    from .rollout import Rollout, _ends_with_stop, _stop_window, _strip_stop, filter_logits
+    # tokens are drawn and finished exactly as in the causal sampler (rollout._draw, rollout._finish)
+    from .rollout import _draw, _ends_with_stop, _finish, _stop_window
 
     n, device = prompt_ids.shape[0], prompt_ids.device
     pad = tokenizer.pad_token_id
-    eos = torch.tensor(eos_ids if eos_ids is not None else tokenizer.rlft_eos_ids, device=device)
-    tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)      # [N, T]
+    eos = torch.tensor(eos_ids if eos_ids is not None else tokenizer.rlft_eos_ids, dtype=torch.long, device=device)
+    tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)      # [N, T] as drawn; cut below
     logps = torch.zeros((n, max_new_tokens), device=device)                               # [N, T]
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    lengths = torch.zeros(n, dtype=torch.long, device=device)
-    reason = torch.zeros(n, dtype=torch.long, device=device)  # 0 length, 1 eos, 2 stop
+    done = torch.zeros(n, dtype=torch.bool, device=device)                                # [N]
+    stop_len = torch.zeros(n, dtype=torch.long, device=device)                            # [N] 0 = no stop string
     enc, enc_mask = encode(model, prompt_ids, prompt_mask, pad)
     out = model(encoder_outputs=enc, attention_mask=enc_mask, decoder_input_ids=_prefix(model, n, device),
                 use_cache=True)
     cache, logits = out.cache, out.logits[:, -1].float()
-    stop_ids = _stop_window(tokenizer, stop)
+    window = _stop_window(tokenizer, stop)
     steps = 0
     for t in range(max_new_tokens):
-        lsm = torch.log_softmax(logits / temperature if temperature > 0 else logits, -1)
-        if temperature > 0:
-            tok = torch.multinomial(filter_logits(lsm, top_k, top_p).softmax(-1), 1, generator=generator).squeeze(-1)
-        else:
-            tok = logits.argmax(-1)
-        live = ~done
-        tokens[:, t] = torch.where(live, tok, pad)
-        logps[:, t] = torch.where(live, lsm.gather(-1, tok[:, None]).squeeze(-1), 0.0)
-        lengths += live.long()
-        hit_eos = live & torch.isin(tok, eos)
-        reason = torch.where(hit_eos, 1, reason)
-        done = done | hit_eos
+        tok, lp = _draw(logits, temperature, top_k, top_p, generator)                     # [N], [N]
+        tokens[:, t], logps[:, t] = tok, lp
+        done |= torch.isin(tok, eos)
         steps = t + 1
         if stop:
-            hit_stop = _ends_with_stop(tokenizer, tokens[:, max(0, t + 1 - stop_ids):t + 1], stop) & ~done
-            reason = torch.where(hit_stop, 2, reason)
-            done = done | hit_stop
+            hit_stop = _ends_with_stop(tokenizer, tokens[:, max(0, t + 1 - window):t + 1], stop) & ~done
+            stop_len = torch.where(hit_stop, t + 1, stop_len)
+            done |= hit_stop
         if t == max_new_tokens - 1 or ((t + 1) % sync_every == 0 and bool(done.all())):
             break
-        out = model(encoder_outputs=enc, attention_mask=enc_mask, decoder_input_ids=tokens[:, t:t + 1],
-                    cache=cache, use_cache=True)
+        out = model(encoder_outputs=enc, attention_mask=enc_mask, decoder_input_ids=tok[:, None], cache=cache,
+                    use_cache=True)
         cache, logits = out.cache, out.logits[:, -1].float()
-    tokens, logps = tokens[:, :steps], logps[:, :steps]
-    mask = (torch.arange(steps, device=device)[None] < lengths[:, None]).long()
-    finish = [("length", "eos", "stop")[r] for r in reason.tolist()]
-    texts = tokenizer.batch_decode([row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())],
-                                   skip_special_tokens=True)
-    texts = [_strip_stop(s, stop) if f == "stop" else s for s, f in zip(texts, finish)]
-    return Rollout(prompt_ids, prompt_mask, tokens, mask, logps, finish, texts)
+    return _finish(tokenizer, prompt_ids, prompt_mask, tokens[:, :steps], logps[:, :steps], eos, stop_len, stop, pad)
 
 
 def hf_generate(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, temperature: float = 1.0,

@@ -70,6 +70,19 @@ def test_sampling_logp_equals_training_logp(s2s, temperature):
     torch.testing.assert_close(part * r.completion_mask[ix], r.logp[ix], atol=1e-5, rtol=0)
 
 
+def test_stop_strings_end_completions(s2s):
+    model, tok, ids, mask = s2s
+    kw = dict(max_new_tokens=16, temperature=1.0)
+    r = sample(model, tok, ids, mask, generator=torch.Generator().manual_seed(2), **kw)
+    i = max(range(len(PROMPTS)), key=lambda j: len(r.completions[j]))
+    text = r.completions[i]
+    assert len(text) >= 4
+    stop = text[2:4]  # the same seed draws the same tokens until the stop string ends the row
+    s = sample(model, tok, ids, mask, generator=torch.Generator().manual_seed(2), stop=[stop], **kw)
+    assert s.finish[i] == "stop" and s.completions[i] == text[:text.find(stop)]
+    assert int(s.lengths[i]) < int(r.lengths[i])
+
+
 def test_same_seed_same_samples(s2s):
     model, tok, ids, mask = s2s
     a = sample(model, tok, ids, mask, max_new_tokens=8, generator=torch.Generator().manual_seed(5))
