@@ -77,22 +77,15 @@ def _code_preset(rewards: list[dict], stop: list[str]) -> Callable[[], dict]:
 
 
 def code_metrics(o: Outputs) -> dict:
-    """pass@1 of the greedy completions (share of problems whose program passes every test); with k samples
-    per problem also the unbiased pass@1 and pass@k of Chen et al. 2021 (``rlft.tasks.code.pass_at_k``)."""
-    from ..rewards.code import run_completions
-    from .code import pass_at_k_table
+    """pass@1 of the greedy completions (share of problems whose program passes every test, in the sandbox);
+    with k samples per problem also the unbiased pass@1 and pass@k of Chen et al. 2021
+    (``rlft.tasks.code.evaluate_pass_at_k``)."""
+    from .code import evaluate_pass_at_k
 
-    def passed(completions: list[str], rows: list[dict]) -> list[bool]:
-        res = run_completions(completions, [r.get("tests") for r in rows], [r.get("entry_point") for r in rows],
-                              [r.get("code_prefix") for r in rows])
-        return [r is not None and r.all_passed for r in res]
-
-    out = {"pass@1 (greedy)": sum(passed(o.greedy, o.rows)) / len(o.rows)}
+    out = {"pass@1 (greedy)": evaluate_pass_at_k(o.rows, [[g] for g in o.greedy], ks=(1,))["pass@1"]}
     if o.sampled:
-        k = len(o.sampled[0])
-        ok = passed([c for s in o.sampled for c in s], [r for r in o.rows for _ in range(k)])
-        counts = [(k, sum(ok[i * k:(i + 1) * k])) for i in range(len(o.rows))]
-        out.update({f"{name} (sampled)": v for name, v in pass_at_k_table(counts, ks=sorted({1, k})).items()})
+        ks = sorted({1, len(o.sampled[0])})
+        out.update({f"{name} (sampled)": v for name, v in evaluate_pass_at_k(o.rows, o.sampled, ks=ks).items()})
     return out
 
 
