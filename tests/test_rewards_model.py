@@ -107,3 +107,20 @@ def test_path_is_required_at_start_up():
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(OSError, match="cannot load it"):
         rm.reward_model(["p"], ["c"], path=str(tmp_path / "nowhere"), device="cpu")
+
+
+def test_chat_message_prompts_are_scored(tmp_path):
+    """A chat dataset hands rewards message lists: they go through the model's chat template as turns, or
+    become 'role: content' text without one."""
+    from rlft.rewards.base import prompt_text
+    from rlft.rewards.model import _texts
+    from rlft.tiny import byte_tokenizer
+
+    msgs = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}]
+    chat = byte_tokenizer(chat=True)
+    texts, specials = _texts(chat, [msgs], ["hello"], include_prompt=True)
+    assert specials and texts == ["<|system|>be kind</s><|user|>hi</s><|assistant|>hello</s>"]
+    plain = byte_tokenizer()
+    texts, specials = _texts(plain, [msgs], ["hello"], include_prompt=True)
+    assert not specials and texts == ["system: be kind\nuser: hi" + "hello"]
+    assert prompt_text("already text") == "already text"

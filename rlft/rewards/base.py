@@ -60,6 +60,14 @@ def register(name: str | None = None, *, strict_args: bool = False):
 _STATS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("rlft_reward_stats", default=None)
 
 
+def prompt_text(prompt) -> str:
+    """A prompt as plain text: a string as is; chat messages (a dataset of conversations) as
+    'role: content' lines."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)
+
+
 def report(**metrics: float) -> None:
     """Called inside a reward: extra numbers for this batch (``report(failures=2, timeouts=1)``), logged by
     ``compute`` as ``reward/<reward name>/<key>``. Outside ``compute`` it does nothing."""

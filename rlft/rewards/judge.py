@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from .base import register, report
+from .base import prompt_text, register, report
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def judge(prompts, completions, *, base_url: str, model: str, template: str = DE
 
     def score(i: int):
         row = {k: _text(v[i]) for k, v in columns.items() if isinstance(v, (list, tuple)) and len(v) == n}
-        user = template.format_map({**row, "prompt": prompts[i], "completion": completions[i]})
+        user = template.format_map({**row, "prompt": prompt_text(prompts[i]), "completion": completions[i]})
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         body = {"model": model, "messages": messages, "temperature": temperature}
         if max_tokens is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from .base import register
+from .base import prompt_text, register
 
 _LOCK = threading.Lock()
 
@@ -76,10 +76,11 @@ def _texts(tok, prompts, completions, include_prompt: bool) -> tuple[list[str], 
     if getattr(tok, "chat_template", None):
         texts = []
         for p, c in zip(prompts, completions):
-            msgs = ([{"role": "user", "content": p}] if include_prompt else []) + [{"role": "assistant", "content": c}]
+            turns = list(p) if isinstance(p, list) else [{"role": "user", "content": p}]  # chat datasets: messages
+            msgs = (turns if include_prompt else []) + [{"role": "assistant", "content": c}]
             texts.append(tok.apply_chat_template(msgs, tokenize=False))
         return texts, True
-    return [(p + c) if include_prompt else c for p, c in zip(prompts, completions)], False
+    return [(prompt_text(p) + c) if include_prompt else c for p, c in zip(prompts, completions)], False
 
 
 def _label_index(model, label) -> int:
