@@ -161,6 +161,8 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
     else:
         init_path, adapter = str(ckpt or warm or cfg.model.path), None
     model, tok = load_policy(_with_path(cfg, init_path), adapter=adapter)
+    disable_dropout(model)  # sampling and training log-probs must come from the same function
+    check_positions(model, cfg)
     if ctx.is_main:
         cfg.save(out / "config.yaml")
         logger = RunLogger(out, cfg, resume_step=checkpoint.load_state(ckpt)["step"] if ckpt else None)
@@ -307,6 +309,33 @@ def check_world(cfg: Config, ctx) -> None:
     if b % w or (b // w) % cfg.algo.mini_batches:
         raise ConfigError(f"rollout.batch_prompts={b} must split evenly over {w} processes and then into "
                           f"algo.mini_batches={cfg.algo.mini_batches} (each rank owns whole prompt groups)")
+
+
+def disable_dropout(model) -> None:
+    """Dropout would make the loss's log-probs differ from the sampling ones (and rho != 1 at the first pass)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def check_positions(model, cfg: Config) -> None:
+    """Models with learned absolute positions (GPT-2, OPT, BART, ...) cannot go past their table: say so at
+    start-up instead of an IndexError mid-run."""
+    limit = None
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Embedding) and name.split(".")[-1] in ("wpe", "embed_positions",
+                                                                          "position_embeddings"):
+            limit = m.num_embeddings - getattr(m, "offset", 0)
+            break
+    if limit is None:
+        return
+    d, r = cfg.data, cfg.rollout
+    seq2seq = model.config.is_encoder_decoder
+    need = max(d.max_prompt_tokens, r.max_new_tokens + 2) if seq2seq else d.max_prompt_tokens + r.max_new_tokens
+    if need > limit:
+        raise ConfigError(f"the model has {limit} learned positions, but data.max_prompt_tokens="
+                          f"{d.max_prompt_tokens} {'and' if seq2seq else '+'} rollout.max_new_tokens={r.max_new_tokens}"
+                          f" need {need}; lower them")
 
 
 ADAPTERS_OFF = "adapters-off"  # the reference policy is the LoRA model with its adapters disabled

@@ -113,3 +113,14 @@ def test_reward_needing_a_missing_column_fails_at_start(capsys, tiny_model_dir, 
                                                         **{"rewards": f"[{{fn: '{f}:needs_tests'}}]"})])
     assert rc == 2 and "needs_tests" in err and "tests" in err
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+def test_prompt_and_completion_past_learned_positions(capsys, tiny_data, tmp_path):
+    from rlft.tiny import byte_tokenizer, save_tiny, tiny_causal_lm
+
+    tok = byte_tokenizer()
+    path = save_tiny(tmp_path / "gpt2", tiny_causal_lm(tok, arch="gpt2", hidden=32, layers=1, heads=2,
+                                                       max_positions=64), tok)
+    rc, err = run_cli(capsys, ["train", *base_overrides(path, tiny_data, tmp_path / "o", **{
+        "data.max_prompt_tokens": 60, "rollout.max_new_tokens": 8})])
+    assert rc == 2 and "64 learned positions" in err and "data.max_prompt_tokens=60" in err
