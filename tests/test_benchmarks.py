@@ -111,3 +111,58 @@ def test_report_and_plot(tmp_path):
     assert "| llama-0.4M 32 tok grpo | 320 | 1.000 | 2.000 | **0.50** |" in md
     vs_trl.plot([row], tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+@needs_trl
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_both_sides_take_the_same_gradient_on_the_same_samples(model_dir, tmp_path, estimator):
+    """One batch, one micro-batch, the same advantages: rlft's update and TRL's loss give the same gradient (the
+    loss aggregation, normalisation and log-probs agree). rlft's step uses SGD with lr 1 and no clipping, so the
+    parameter change is minus the gradient."""
+    import dataclasses
+
+    import datasets
+    import trl
+
+    from rlft import estimators
+    from rlft.train import update
+
+    model, tok, texts, ro = _rollout(model_dir)
+    job = Job(estimator=estimator, max_new_tokens=24, batch_prompts=4, micro_batch=16)
+    n = ro.completion_ids.shape[0]
+    rewards = torch.tensor(reward(texts, ro.completions))
+    token_rewards = torch.zeros(ro.completion_ids.shape)
+    token_rewards[torch.arange(n), ro.lengths - 1] = rewards          # a sequence reward sits on the last token
+    adv = estimators.advantages(estimator, estimators.Inputs(token_rewards, ro.completion_mask, 4), scale="group")
+    start = {k: p.detach().clone() for k, p in model.named_parameters()}
+
+    cfg = vs_trl.rlft_config(job, model_dir, str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, max_grad_norm=0.0))
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    update(model, None, opt, sched, params, ro, adv, ro.completion_mask, None, token_rewards, cfg)
+    ours = {k: start[k] - p.detach() for k, p in model.named_parameters()}
+
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(start[k])
+    cls = trl.GRPOTrainer if estimator == "grpo" else trl.RLOOTrainer
+    trainer = cls(model=model, reward_funcs=[reward], args=vs_trl.trl_config(job, str(tmp_path / "t")),
+                  train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts(4)]),
+                  processing_class=tok)
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask, "completion_ids": ro.completion_ids,
+              "completion_mask": ro.completion_mask, "advantages": adv[:, 0],
+              "num_items_in_batch": ro.completion_mask.sum()}
+    if estimator == "rloo":  # RLOOTrainer's sequence log-ratio needs the sampling policy's sequence log-prob
+        with torch.no_grad():
+            lp, _, _ = trainer._get_per_token_logps_and_entropies(
+                model, torch.cat([ro.prompt_ids, ro.completion_ids], 1),
+                torch.cat([ro.prompt_mask, ro.completion_mask], 1), ro.completion_ids.shape[1])
+        inputs["old_logps"] = (lp * ro.completion_mask).sum(1)
+    model.train()
+    model.zero_grad()
+    trainer._compute_loss(model, inputs).backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(ours[k], p.grad, atol=1e-6, rtol=1e-4)
