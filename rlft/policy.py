@@ -184,11 +184,14 @@ class TokenStats:
 
 
 def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float = 1.0,
-                    with_entropy: bool = False, with_hidden: bool = False, chunk_tokens: int = 4096) -> TokenStats:
+                    with_entropy: bool = False, with_hidden: bool = False, chunk_tokens: int = 4096,
+                    entropy_grad: bool = True) -> TokenStats:
     """Per-token log-probs of the completions under ``model``.
 
     One backbone forward over prompt + completion; the head runs only on the T completion positions,
-    ``chunk_tokens`` positions at a time, with the log-softmax in float32 per chunk.
+    ``chunk_tokens`` positions at a time, with the log-softmax in float32 per chunk. ``entropy_grad=False``:
+    the entropy is for logging only, so no graph is kept for it (with a large vocabulary that graph holds two
+    more [chunk, V] float32 tensors until the backward pass).
     """
     if model.config.is_encoder_decoder:  # decoder tokens given the encoder inputs: rlft/seq2seq.py
         from .seq2seq import completion_logp as seq2seq_logp
@@ -216,7 +219,8 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
         lsm = F.log_softmax(logits, -1)
         logps.append(lsm.gather(-1, flat_y[s:s + chunk_tokens, None]).squeeze(-1))
         if with_entropy:
-            ents.append(-(lsm.exp() * lsm).sum(-1))
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                ents.append(-(lsm.exp() * lsm).sum(-1))
     logp = torch.cat(logps).view(n, t)
     entropy = torch.cat(ents).view(n, t) if with_entropy else None
     return TokenStats(logp, entropy, h if with_hidden else None)

@@ -533,7 +533,7 @@ def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, r
             for s in range(0, len(idx), o.micro_batch_size):
                 ix, pi, pm, ci, cm, t = _micro_slices(ro, idx[s:s + o.micro_batch_size])
                 st = completion_logp(model, pi, pm, ci, cm, temperature=r.temperature, with_entropy=need_entropy,
-                                     with_hidden=value_head is not None)
+                                     entropy_grad=a.entropy_coef > 0, with_hidden=value_head is not None)
                 lm = loss_mask[ix, :t]
                 old = st.logp.detach() if old_logp is None else old_logp[ix, :t]
                 loss, stats = pg_loss(st.logp, old, adv[ix, :t], lm, norm, agg=a.agg, eps_low=a.eps_low,
