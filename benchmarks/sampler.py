@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.append(str(HERE.parent))  # after PYTHONPATH: --rlft-src must win for `rlft`
 
 from benchmarks.vs_trl import MODELS, build_model, machine, prompts
 
@@ -63,13 +63,15 @@ def child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats: int
     return {"tokens_per_s": statistics.median(n / t for n, t in zip(tokens, times)), "tokens": tokens[0]}
 
 
-def run_child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats: int, threads: int) -> dict:
+def run_child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats: int, threads: int,
+              src: str = str(HERE.parent)) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         res_path = f.name
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine, "--model-dir", model_dir,
            "--batch", str(batch), "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--threads",
            str(threads), "--result", res_path]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join([src, str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -88,6 +90,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pairs", type=int, default=None, help="A B pairs per setting (default 3, quick 2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--rlft-src", default="", help="import rlft from this source folder (e.g. an older checkout)")
     ap.add_argument("--child", choices=["rlft", "generate"])
     ap.add_argument("--model-dir")
     ap.add_argument("--batch", type=int, default=32)
@@ -99,7 +102,8 @@ def main(argv=None) -> None:
         res = child(args.child, args.model_dir, args.batch, args.new_tokens, args.repeats, args.threads)
         Path(args.result).write_text(json.dumps(res))
         return
-    info = machine()
+    src = str(Path(args.rlft_src).resolve()) if args.rlft_src else str(HERE.parent)
+    info = machine(src)
     command = "python benchmarks/sampler.py " + " ".join(argv or sys.argv[1:])
     print(f"machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, transformers "
           f"{info['transformers']}, rlft {info['rlft']} ({info['rlft_commit']})\ncommand: {command}")
@@ -113,7 +117,7 @@ def main(argv=None) -> None:
             runs = {"rlft": [], "generate": []}
             for k in range(pairs):
                 for engine in (("rlft", "generate") if k % 2 == 0 else ("generate", "rlft")):
-                    runs[engine].append(run_child(engine, dirs[model], batch, new_tokens, 3, args.threads))
+                    runs[engine].append(run_child(engine, dirs[model], batch, new_tokens, 3, args.threads, src))
             row = {"model": model, "batch": batch, "new_tokens": new_tokens}
             for key in ("tokens_per_s", "peak_rss_mb"):
                 a = statistics.median(r[key] for r in runs["rlft"])
