@@ -53,12 +53,17 @@ def load_policy(cfg: ModelConfig, adapter: str | None = None):
         raise ConfigError(f"cannot load model.path {cfg.path!r} {where}: {e}") from None
     model.to(pick_device(cfg.device))
     prepare_tokenizer(tokenizer, model)
+    return memory_savers(model, cfg, adapter), tokenizer
+
+
+def memory_savers(model, cfg: ModelConfig, adapter: str | None = None):
+    """Gradient checkpointing and LoRA, as configured (causal and seq2seq models alike)."""
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # the sampler passes use_cache=True explicitly
     if cfg.lora.r > 0:
         model = add_lora(model, cfg, adapter)
-    return model, tokenizer
+    return model
 
 
 def add_lora(model, cfg: ModelConfig, adapter: str | None = None):

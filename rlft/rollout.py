@@ -220,21 +220,26 @@ def hf_generate(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: in
         if temperature > 0:
             kw.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kw)
-    tokens = out.sequences[:, prompt_ids.shape[1]:]
+    return from_generated(model, tokenizer, prompt_ids, prompt_mask, out.sequences[:, prompt_ids.shape[1]:], eos,
+                          stop, temperature)
+
+
+def from_generated(model, tokenizer, prompt_ids, prompt_mask, tokens, eos, stop, temperature) -> Rollout:
+    """A `Rollout` from the new tokens `generate` wrote ([N, T]); log-probs recomputed by `completion_logp`."""
+    from .policy import completion_logp
+
     n, t = tokens.shape
-    eos_t = torch.tensor(eos, device=tokens.device)
-    is_eos = torch.isin(tokens, eos_t)
+    is_eos = torch.isin(tokens, torch.tensor(eos, device=tokens.device))
     # a completion ends at its first EOS (inclusive); generate pads the rest with pad (which may equal EOS)
     first = torch.where(is_eos.any(-1), is_eos.float().argmax(-1) + 1, torch.full((n,), t, device=tokens.device))
     mask = (torch.arange(t, device=tokens.device)[None] < first[:, None]).long()
-    from .policy import completion_logp
+    tokens = torch.where(mask.bool(), tokens, tokenizer.pad_token_id)
     with torch.inference_mode():
         logp = completion_logp(model, prompt_ids, prompt_mask, tokens, mask, temperature=temperature).logp * mask
     finish = ["eos" if is_eos[i].any() else "length" for i in range(n)]
-    texts = tokenizer.batch_decode([row[:l] for row, l in zip(tokens.tolist(), first.tolist())],
+    texts = tokenizer.batch_decode([row[:m] for row, m in zip(tokens.tolist(), first.tolist())],
                                    skip_special_tokens=True)
     if stop:
         finish = ["stop" if f == "length" and any(s in tx for s in stop) else f for f, tx in zip(finish, texts)]
         texts = [_strip_stop(s, stop) for s in texts]
-    tokens = torch.where(mask.bool(), tokens, tokenizer.pad_token_id)
-    return Rollout(prompt_ids, prompt_mask, tokens, mask, logp, finish, texts)
+    return Rollout(prompt_ids, prompt_mask, tokens.clone(), mask, logp.clone(), finish, texts)

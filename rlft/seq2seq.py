@@ -51,7 +51,7 @@ def load_policy(cfg: ModelConfig, adapter: str | None = None):
     checkpointing and LoRA as for causal models (`policy.load_policy`)."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from .policy import DTYPES, add_lora, pick_device, prepare_tokenizer
+    from .policy import DTYPES, memory_savers, pick_device, prepare_tokenizer
 
     kw = dict(trust_remote_code=cfg.trust_remote_code, **({"revision": cfg.revision} if cfg.revision else {}))
     try:
@@ -70,12 +70,7 @@ def load_policy(cfg: ModelConfig, adapter: str | None = None):
     prepare_tokenizer(tokenizer, model)
     tokenizer.rlft_seq2seq = True  # policy.encode_prompt: keep the tokenizer's own special tokens
     decoder_prefix(model)  # fail now, not at step 1, when the model has no decoder start token
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False  # the sampler passes use_cache=True explicitly
-    if cfg.lora.r > 0:
-        model = add_lora(model, cfg, adapter)
-    return model, tokenizer
+    return memory_savers(model, cfg, adapter), tokenizer
 
 
 def decoder_prefix(model) -> list[int]:
@@ -194,7 +189,7 @@ def _sample(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, t
 def hf_generate(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0, stop=(), generator=None):
     """`rollout.hf_generate` (rollout.engine: hf) for encoder-decoder models."""
-    from .rollout import Rollout, _strip_stop
+    from .rollout import from_generated
 
     eos, pad = tokenizer.rlft_eos_ids, tokenizer.pad_token_id
     ids, mask = right_align(prompt_ids, prompt_mask, pad)
@@ -205,21 +200,8 @@ def hf_generate(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: in
         if temperature > 0:
             kw.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
         seqs = model.generate(input_ids=ids, attention_mask=mask, **kw)
-    tokens = seqs[:, k:]                                     # generate writes the prefix, then the new tokens
-    n, t = tokens.shape
-    is_eos = torch.isin(tokens, torch.tensor(eos, device=tokens.device))
-    first = torch.where(is_eos.any(-1), is_eos.float().argmax(-1) + 1, torch.full((n,), t, device=tokens.device))
-    cmask = (torch.arange(t, device=tokens.device)[None] < first[:, None]).long()
-    tokens = torch.where(cmask.bool(), tokens, pad)
-    with torch.inference_mode():
-        logp = completion_logp(model, prompt_ids, prompt_mask, tokens, cmask, temperature=temperature).logp * cmask
-    finish = ["eos" if is_eos[i].any() else "length" for i in range(n)]
-    texts = tokenizer.batch_decode([row[:n] for row, n in zip(tokens.tolist(), first.tolist())],
-                                   skip_special_tokens=True)
-    if stop:
-        finish = ["stop" if f == "length" and any(s in tx for s in stop) else f for f, tx in zip(finish, texts)]
-        texts = [_strip_stop(s, stop) for s in texts]
-    return Rollout(prompt_ids, prompt_mask, tokens.clone(), cmask, logp.clone(), finish, texts)
+    # generate writes the decoder prefix, then the new tokens
+    return from_generated(model, tokenizer, prompt_ids, prompt_mask, seqs[:, k:], eos, stop, temperature)
 
 
 def tiny_seq2seq_lm(tokenizer, arch: str = "t5", hidden: int = 32, layers: int = 2, heads: int = 2,

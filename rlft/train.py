@@ -25,7 +25,7 @@ from .config import Config, ConfigError
 from .data import PromptStream, columns_of, load_splits
 from .log import NullLogger, RunLogger
 from .loss import Norm, aggregate, kl_penalty, pg_loss
-from .policy import (ValueHead, completion_logp, encode_prompt, format_prompt, frozen_copy, is_lora, left_pad,
+from .policy import (ValueHead, completion_logp, encode_prompt, format_prompt, frozen_copy, left_pad,
                      load_policy)
 from .rewards import Reward, check_columns, compute, resolve
 from .rollout import Rollout, hf_generate, sample
