@@ -4,8 +4,9 @@ Each measurement runs in its own process (so peak memory is that engine's alone)
 A B A B, and the report gives medians of sampled tokens per second and peak resident memory (ru_maxrss
 from os.wait4), and the ratio rlft / generate.
 
-    python benchmarks/sampler.py            # ~4 min on 2 cores
+    python benchmarks/sampler.py            # llama-0.4M and gpt2-3M, ~5 min on 2 cores
     python benchmarks/sampler.py --quick    # ~1 min
+    python benchmarks/sampler.py --models llama-0.4M,gpt2-3M,gpt2-19M   # ~15 min
 
 Both engines sample at temperature 1 with no top-k / top-p, stop only at max_new_tokens (EOS is not a token
 the benchmark models favour), and run under torch.inference_mode.
@@ -86,7 +87,8 @@ def run_child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="llama-0.4M only")
+    ap.add_argument("--models", default="llama-0.4M,gpt2-3M", help=f"comma-separated, from {', '.join(MODELS)}")
     ap.add_argument("--pairs", type=int, default=None, help="A B pairs per setting (default 3, quick 2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -108,7 +110,7 @@ def main(argv=None) -> None:
     print(f"machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, transformers "
           f"{info['transformers']}, rlft {info['rlft']} ({info['rlft_commit']})\ncommand: {command}")
     grid = [("llama-0.4M", 32, 32), ("llama-0.4M", 32, 128)] if args.quick else \
-        [(m, 32, t) for m in MODELS for t in (32, 128)]
+        [(m, 32, t) for m in args.models.split(",") for t in (32, 128)]
     pairs = args.pairs or (2 if args.quick else 3)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,130 @@
+"""What each speed change buys: the same rollout and update with one change switched off at a time.
+
+    python benchmarks/ablation.py [--rlft-src OLD_CHECKOUT]
+
+Each variant runs in its own process (CPU seconds of that process, median of 5 repeats, 1 thread), in
+``--rounds`` interleaved rounds (the table gives medians over rounds):
+
+* sampler: 32 prompts x 128 new tokens, EOS as the model samples it (some rows finish early);
+  `old` = the sampler of --rlft-src; `transformers forward` = the new loop over transformers' forward and
+  cache (rlft/lean.py off); `keep finished rows` = rlft/lean.py with finished rows left in the batch;
+* update: one micro-batch of 8 x (prompt + 128 tokens), forward + backward; `transformers forward` =
+  rlft/lean.py off (its GELU included), with the peak RSS of that process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parent))
+
+from benchmarks.vs_trl import build_model, prompts  # noqa: E402
+
+
+def child(kind: str, variant: str, model_dir: str, new_tokens: int) -> dict:
+    import resource
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import rlft.policy
+    import rlft.rollout
+    from rlft.policy import completion_logp, encode_prompt, left_pad, prepare_tokenizer
+
+    torch.set_num_threads(1)
+    if variant == "transformers forward":
+        rlft.rollout.lean = rlft.policy.lean = lambda *a, **k: None
+    if variant == "keep finished rows":
+        from rlft.lean import Decoder
+
+        Decoder.keep = None
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    prepare_tokenizer(tok, model)
+    texts = [p for p in prompts(8) for _ in range(4)]
+    ids, mask = left_pad([encode_prompt(tok, t, "off") for t in texts], tok.pad_token_id)
+    times = []
+    if kind == "sampler":
+        model.eval()
+        for r in range(6):
+            gen = torch.Generator().manual_seed(r)
+            t0 = time.process_time()
+            out = rlft.rollout.sample(model, tok, ids, mask, max_new_tokens=new_tokens, temperature=1.0,
+                                      generator=gen)
+            times.append(time.process_time() - t0)
+        extra = {"mean_length": float(out.completion_mask.sum(-1).float().mean())}
+    else:
+        model.train()
+        comp = torch.randint(4, 200, (8, new_tokens), generator=torch.Generator().manual_seed(0))
+        cmask = torch.ones_like(comp)
+        for _ in range(6):
+            t0 = time.process_time()
+            st = completion_logp(model, ids[:8], mask[:8], comp, cmask, with_entropy=True)
+            st.logp.sum().backward()
+            times.append(time.process_time() - t0)
+        extra = {}
+    return {"cpu_s": statistics.median(times[1:]),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
+
+
+def run(kind: str, variant: str, model_dir: str, new_tokens: int, src: str | None) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        path = f.name
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([p for p in (src, os.environ.get("PYTHONPATH", "")) if p])}
+    subprocess.run([sys.executable, __file__, "--child", kind, "--variant", variant, "--model-dir", model_dir,
+                    "--new-tokens", str(new_tokens), "--result", path], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    res = json.loads(Path(path).read_text())
+    os.unlink(path)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rlft-src", default="", help="an older checkout for the `old` sampler row")
+    ap.add_argument("--child")
+    ap.add_argument("--variant", default="")
+    ap.add_argument("--model-dir")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every variant (medians)")
+    ap.add_argument("--result")
+    args = ap.parse_args()
+    if args.child:
+        Path(args.result).write_text(json.dumps(child(args.child, args.variant, args.model_dir, args.new_tokens)))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in ("llama-0.4M", "gpt2-3M"):
+            d = build_model(model, Path(tmp))
+            cases = [("sampler", "all changes", None), ("sampler", "keep finished rows", None),
+                     ("sampler", "transformers forward", None)]
+            if args.rlft_src:
+                cases.append(("sampler", "old", str(Path(args.rlft_src).resolve())))
+            cases += [("update", "all changes", None), ("update", "transformers forward", None)]
+            runs: dict = {c: [] for c in cases}
+            for _ in range(args.rounds):  # interleaved rounds: a busy moment hits every variant alike
+                for case in cases:
+                    runs[case].append(run(case[0], case[1], d, args.new_tokens, case[2]))
+            for (kind, variant, _), rs in runs.items():
+                r = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+                rows.append({"model": model, "kind": kind, "variant": variant, **r})
+                print(f"{model:<11} {kind:<8} {variant:<21} {r['cpu_s'] * 1e3:8.1f} ms  "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f"  mean length {r['mean_length']:.1f}"
+                                                               if "mean_length" in r else ""), flush=True)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
