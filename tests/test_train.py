@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM
 
 from conftest import base_overrides
 from rlft.config import Config
-from rlft.loss import Norm
 from rlft.policy import encode_prompt, left_pad, load_policy
 from rlft.rollout import sample
 from rlft.train import train, update
