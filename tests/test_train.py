@@ -81,7 +81,6 @@ def test_accumulation_1x8_equals_8x1(tiny_model_dir, agg):
         prompts = ["ab", "a longer one"]
         ids, mask = left_pad([encode_prompt(tok, p) for p in prompts for _ in range(4)], tok.pad_token_id)
         ro = sample(model, tok, ids, mask, max_new_tokens=8, generator=torch.Generator().manual_seed(0))
-        assert len(set(ro.lengths.tolist())) > 1 or True
         adv = torch.linspace(-1, 1, 8)[:, None] * ro.completion_mask
         params = [p for p in model.parameters()]
         opt = torch.optim.SGD(params, lr=1.0)
