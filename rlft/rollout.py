@@ -83,18 +83,24 @@ def sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
                    logp=r.logp.clone())
 
 
-def _sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
-            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop: list[str] | tuple = (),
-            eos_ids: list[int] | None = None, generator: torch.Generator | None = None,
-            sync_every: int = 8) -> Rollout:
-    n = prompt_ids.shape[0]
-    device = prompt_ids.device
+def _buffers(tokenizer, n: int, max_new_tokens: int, eos_ids, device):
+    """The sampling state, allocated once: pad id, EOS ids, and the per-row token / log-prob / end buffers."""
     pad = tokenizer.pad_token_id
     eos = torch.tensor(eos_ids if eos_ids is not None else tokenizer.rlft_eos_ids, dtype=torch.long, device=device)
     tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)      # [N, T] as drawn; cut below
     logps = torch.zeros((n, max_new_tokens), device=device)                               # [N, T]
     done = torch.zeros(n, dtype=torch.bool, device=device)                                # [N]
     stop_len = torch.zeros(n, dtype=torch.long, device=device)                            # [N] 0 = no stop string
+    return pad, eos, tokens, logps, done, stop_len
+
+
+def _sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop: list[str] | tuple = (),
+            eos_ids: list[int] | None = None, generator: torch.Generator | None = None,
+            sync_every: int = 8) -> Rollout:
+    n = prompt_ids.shape[0]
+    device = prompt_ids.device
+    pad, eos, tokens, logps, done, stop_len = _buffers(tokenizer, n, max_new_tokens, eos_ids, device)
     pos = position_ids(prompt_mask)
     fast = lean(model, prompt_ids.shape[1] + max_new_tokens)  # own forward, preallocated KV cache (rlft/lean.py)
     dec = fast.decoder(prompt_ids, prompt_mask, pos, max_new_tokens, output_head(model)[1]) if fast is not None \

@@ -154,15 +154,10 @@ def _sample(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, t
             top_k: int = 0, top_p: float = 1.0, stop=(), eos_ids: list[int] | None = None,
             generator: torch.Generator | None = None, sync_every: int = 8):
     # tokens are drawn and finished exactly as in the causal sampler (rollout._draw, rollout._finish)
-    from .rollout import _draw, _ends_with_stop, _finish, _stop_window
+    from .rollout import _buffers, _draw, _ends_with_stop, _finish, _stop_window
 
     n, device = prompt_ids.shape[0], prompt_ids.device
-    pad = tokenizer.pad_token_id
-    eos = torch.tensor(eos_ids if eos_ids is not None else tokenizer.rlft_eos_ids, dtype=torch.long, device=device)
-    tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)      # [N, T] as drawn; cut below
-    logps = torch.zeros((n, max_new_tokens), device=device)                               # [N, T]
-    done = torch.zeros(n, dtype=torch.bool, device=device)                                # [N]
-    stop_len = torch.zeros(n, dtype=torch.long, device=device)                            # [N] 0 = no stop string
+    pad, eos, tokens, logps, done, stop_len = _buffers(tokenizer, n, max_new_tokens, eos_ids, device)
     enc, enc_mask = encode(model, prompt_ids, prompt_mask, pad)
     out = model(encoder_outputs=enc, attention_mask=enc_mask, decoder_input_ids=_prefix(model, n, device),
                 use_cache=True)
