@@ -95,7 +95,15 @@ class RolloutConfig:
     top_p: float = opt(1.0, "Nucleus sampling: the smallest set with this much probability; 1 = off.")
     stop: list = opt([], "Stop strings: a completion ends when its text ends with one (kept in the tokens, "
                      "removed from the text the rewards see).")
-    engine: str = opt("rlft", "rlft (own KV-cached loop) or hf (transformers.generate).", ("rlft", "hf"))
+    engine: str = opt("rlft", "rlft (own KV-cached loop), hf (transformers.generate), or vllm (a vLLM engine in the "
+                      "training process that receives the policy's weights after each update; GPU only, the `vllm` "
+                      "extra; docs/scaling.md).", ("rlft", "hf", "vllm"))
+    tis_cap: float = opt(2.0, "engine vllm: truncated importance sampling, the cap C on each token's weight "
+                         "min(exp(trainer logp - vLLM logp), C) in the policy-gradient loss (rlft/loss.py); 0 = off.")
+    vllm_gpu_memory_utilization: float = opt(0.3, "engine vllm: the fraction of GPU memory vLLM takes (weights and "
+                                             "KV cache), beside the trainer's model, gradients and optimizer state.")
+    vllm_sleep: bool = opt(False, "engine vllm: free vLLM's GPU memory (weights and KV cache) during each update "
+                           "and restore it with the new weights (vLLM sleep mode).")
 
 
 @dataclass
@@ -157,6 +165,9 @@ class OptimConfig:
     warmup_steps: int = opt(0, "Linear warmup, in optimizer steps.")
     schedule: str = opt("constant", "Learning rate after warmup.", ("constant", "cosine"))
     micro_batch_size: int = opt(8, "Sequences per forward/backward; gradients accumulate exactly over the rest.")
+    share_prompts: bool = opt(True, "The G samples of a prompt share one forward pass over it in the update (the "
+                              "same log-probs and gradient to float rounding; G-fold less prompt compute). Applies "
+                              "to models rlft/lean.py covers; off: each sample runs prompt + completion.")
 
 
 @dataclass
@@ -274,6 +285,9 @@ class Config:
         if r.temperature < 0 or not 0 < r.top_p <= 1 or r.top_k < 0:
             raise ConfigError(f"rollout sampling settings out of range: temperature={r.temperature} (>= 0), "
                               f"top_p={r.top_p} (0 < p <= 1), top_k={r.top_k} (>= 0)")
+        if r.tis_cap < 0 or not 0 < r.vllm_gpu_memory_utilization < 1:
+            raise ConfigError(f"rollout.tis_cap must be >= 0 (got {r.tis_cap}) and rollout.vllm_gpu_memory_utilization "
+                              f"in (0, 1) (got {r.vllm_gpu_memory_utilization})")
         if not 0 <= a.gamma <= 1:
             raise ConfigError(f"algo.gamma must be in [0, 1] (got {a.gamma})")
         if self.data.eval_fraction and not 0 < self.data.eval_fraction < 1:

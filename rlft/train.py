@@ -24,7 +24,7 @@ from . import checkpoint, distributed, estimators
 from .config import Config, ConfigError
 from .data import PromptStream, columns_of, load_splits
 from .log import NullLogger, RunLogger
-from .loss import Norm, aggregate, kl_penalty, pg_loss
+from .loss import Norm, aggregate, kl_penalty, pg_loss, tis_weights
 from .policy import (ValueHead, completion_logp, encode_prompt, format_prompt, frozen_copy, left_pad,
                      load_policy)
 from .rewards import Reward, check_columns, compute, resolve
@@ -138,6 +138,10 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
     Under torchrun every rank runs this function; rank 0 writes the run folder."""
     ctx = distributed.setup()
     check_world(cfg, ctx)
+    if cfg.rollout.engine == "vllm":  # fail before any model is loaded
+        from .vllm_engine import check
+
+        check(cfg, ctx.world)
     out = prepare_out(cfg, resume, overwrite) if ctx.is_main else Path(cfg.train.out)
     ctx.barrier()
     torch.manual_seed(cfg.train.seed)
@@ -218,6 +222,11 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
             checkpoint.load_extra(ckpt, "value_head", value_head)
         start = st["step"]
     logger.start(start, len(train_rows), len(eval_rows), {**data_counts, **prompts.counts})
+    engine = None
+    if r_cfg.engine == "vllm":  # created after the warm start and resume: it starts from the policy's weights
+        from .vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(model, tok, cfg, ctx.world)
 
     def save(step: int):
         rngs = ctx.gather_objects(checkpoint.rng_state(gen))
@@ -240,7 +249,9 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
     for step in range(start + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
         # 1-3. prompts, rollout, rewards (filter_groups samples again for groups with no signal)
-        batch, sample_s, filter_stats = collect(model, tok, stream, reward_fns, cfg, gen, step, device, ctx)
+        batch, sample_s, filter_stats = collect(model, tok, stream, reward_fns, cfg, gen, step, device, ctx, engine)
+        if engine is not None:
+            engine.sleep()  # with rollout.vllm_sleep: vLLM's GPU memory is free during the update
         ro = batch.rollout
         t1 = time.perf_counter()
         loss_mask = ro.completion_mask * batch.valid[:, None]                          # [N, T]
@@ -249,7 +260,7 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
         # 4. reference log-probs, only when the KL is on
         ref_logp = None
         if ref is not None:
-            ref_logp = reference_logp(model, ref, ro, o.micro_batch_size, r_cfg.temperature)
+            ref_logp = reference_logp(model, ref, ro, o.micro_batch_size, r_cfg.temperature, shared_group(cfg))
         token_rewards = batch.token_rewards
         if ref_logp is not None and a.kl_in == "reward":
             token_rewards = token_rewards - a.kl_coef * (ro.logp - ref_logp) * ro.completion_mask
@@ -257,7 +268,7 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
         values = greedy_rewards = None
         if value_head is not None:
             with torch.no_grad():
-                values = _values(model, value_head, ro, o.micro_batch_size, r_cfg.temperature)
+                values = _values(model, value_head, ro, o.micro_batch_size, r_cfg.temperature, shared_group(cfg))
         if a.estimator == "remax":
             greedy_rewards = _greedy_baseline(model, tok, batch.rows[::r_cfg.num_generations], reward_fns, cfg,
                                               step, device)
@@ -270,6 +281,8 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
         adv = adv[mine, :ro.completion_mask.shape[1]]
         # 6. update
         upd = update(model, value_head, opt, sched, params, ro, adv, loss_mask, ref_logp, token_rewards, cfg, ctx)
+        if engine is not None:
+            engine.load_weights(model)  # the next rollout samples from the updated policy
         t2 = time.perf_counter()
         # 7. log, evaluate, checkpoint
         seq_all = ctx.gather_rows((batch.token_rewards * ro.completion_mask).sum(-1))[0]
@@ -341,12 +354,12 @@ def check_positions(model, cfg: Config) -> None:
 ADAPTERS_OFF = "adapters-off"  # the reference policy is the LoRA model with its adapters disabled
 
 
-def reference_logp(model, ref, ro: Rollout, micro: int, temperature: float) -> torch.Tensor:
+def reference_logp(model, ref, ro: Rollout, micro: int, temperature: float, group: int = 1) -> torch.Tensor:
     with torch.no_grad():
         if ref is ADAPTERS_OFF:
             with model.disable_adapter():
-                return _in_micro_batches(model, ro, micro, temperature)
-        return _in_micro_batches(ref, ro, micro, temperature)
+                return _in_micro_batches(model, ro, micro, temperature, group)
+        return _in_micro_batches(ref, ro, micro, temperature, group)
 
 
 def _save_merged(model, tok, path: Path) -> None:
@@ -366,14 +379,18 @@ def _with_path(cfg: Config, path: str):
 
 # -------------------------------------------------------------------------------------- the pieces
 
-def generate(model, tok, rows: list[dict], cfg: Config, gen, device, greedy: bool = False) -> Rollout:
-    """One completion per row (rows already repeated G times for sampling)."""
+def generate(model, tok, rows: list[dict], cfg: Config, gen, device, greedy: bool = False, engine=None) -> Rollout:
+    """One completion per row (rows already repeated G times for sampling). ``engine``: the run's vLLM engine
+    (rollout.engine: vllm); without one (greedy evaluation, ReMax's baseline) rlft's own sampler runs."""
     r = cfg.rollout
     ids, mask = left_pad([row["_ids"] for row in rows], tok.pad_token_id, device)
+    kw = {"max_new_tokens": r.max_new_tokens, "temperature": 0.0 if greedy else r.temperature, "top_k": r.top_k,
+          "top_p": r.top_p, "stop": r.stop, "generator": gen}
+    if engine is not None:
+        return engine.generate(ids, mask, **kw)
     fn = hf_generate if r.engine == "hf" else sample
     model.eval()
-    return fn(model, tok, ids, mask, max_new_tokens=r.max_new_tokens, temperature=0.0 if greedy else r.temperature,
-              top_k=r.top_k, top_p=r.top_p, stop=r.stop, generator=gen)
+    return fn(model, tok, ids, mask, **kw)
 
 
 def score(rows, ro: Rollout, reward_fns, cfg: Config, step: int):
@@ -393,7 +410,7 @@ def score(rows, ro: Rollout, reward_fns, cfg: Config, step: int):
     return dense.to(ro.logp.device), torch.tensor([not b for b in res.invalid], device=ro.logp.device), res
 
 
-def collect(model, tok, stream, reward_fns, cfg: Config, gen, step: int, device, ctx=distributed.Dist()):
+def collect(model, tok, stream, reward_fns, cfg: Config, gen, step: int, device, ctx=distributed.Dist(), engine=None):
     """This rank's share of the B prompt groups, sampled and scored. With filter_groups, groups whose rewards
     are all equal are dropped and new prompts sampled, up to max_filter_rounds extra rounds. Every rank draws
     the same prompts from the stream and takes its own slice, so the streams never diverge."""
@@ -415,7 +432,7 @@ def collect(model, tok, stream, reward_fns, cfg: Config, gen, step: int, device,
                 break
             continue
         t0 = time.perf_counter()
-        ro = generate(model, tok, rows, cfg, gen, device)
+        ro = generate(model, tok, rows, cfg, gen, device, engine=engine)
         sample_s += time.perf_counter() - t0
         rew, valid, res = score(rows, ro, reward_fns, cfg, step)
         metrics_list.append((len(rows), res.metrics()))
@@ -468,32 +485,44 @@ def _concat(parts: list[Rollout], pad_id: int) -> Rollout:
                    sum((x.finish for x in parts), []), sum((x.completions for x in parts), []))
 
 
-def _micro_slices(ro: Rollout, idx: list[int]):
-    """Index a micro-batch and trim its padding: prompts from the left, completions from the right."""
-    ix = torch.tensor(idx, device=ro.prompt_ids.device)
-    pm, cm = ro.prompt_mask[ix], ro.completion_mask[ix]
+def _micro_slices(ro: Rollout, idx: list[int], group: int = 1):
+    """Index a micro-batch and trim its padding: prompts from the left, completions from the right.
+
+    ``group > 1``: consecutive groups of that many rows share a prompt, and it comes once per group present,
+    with ``owner`` mapping each row to it (`completion_logp` then runs each prompt once); else owner is None."""
+    dev = ro.prompt_ids.device
+    ix = torch.tensor(idx, device=dev)
+    groups = sorted({i // group for i in idx}) if group > 1 else []
+    owner = None
+    if len(groups) < len(idx) and groups:
+        where = {k: j for j, k in enumerate(groups)}
+        owner = torch.tensor([where[i // group] for i in idx], device=dev)
+        pix = torch.tensor([k * group for k in groups], device=dev)  # the first row of each group
+    else:
+        pix = ix
+    pm, cm = ro.prompt_mask[pix], ro.completion_mask[ix]
     p = int(pm.sum(-1).max())
     t = max(1, int(cm.sum(-1).max()))
     w = ro.prompt_ids.shape[1]
-    return ix, ro.prompt_ids[ix, w - p:], pm[:, w - p:], ro.completion_ids[ix, :t], cm[:, :t], t
+    return ix, ro.prompt_ids[pix, w - p:], pm[:, w - p:], owner, ro.completion_ids[ix, :t], cm[:, :t], t
 
 
-def _in_micro_batches(model, ro: Rollout, micro: int, temperature: float) -> torch.Tensor:
+def _in_micro_batches(model, ro: Rollout, micro: int, temperature: float, group: int = 1) -> torch.Tensor:
     """Per-token log-probs [N, T] of the rollout under ``model`` (no gradient)."""
     out = torch.zeros_like(ro.logp)
     n = ro.prompt_ids.shape[0]
     for s in range(0, n, micro):
-        ix, pi, pm, ci, cm, t = _micro_slices(ro, list(range(s, min(n, s + micro))))
-        out[ix, :t] = completion_logp(model, pi, pm, ci, cm, temperature=temperature).logp * cm
+        ix, pi, pm, own, ci, cm, t = _micro_slices(ro, list(range(s, min(n, s + micro))), group)
+        out[ix, :t] = completion_logp(model, pi, pm, ci, cm, temperature=temperature, owner=own).logp * cm
     return out
 
 
-def _values(model, head, ro: Rollout, micro: int, temperature: float) -> torch.Tensor:
+def _values(model, head, ro: Rollout, micro: int, temperature: float, group: int = 1) -> torch.Tensor:
     out = torch.zeros_like(ro.logp)
     n = ro.prompt_ids.shape[0]
     for s in range(0, n, micro):
-        ix, pi, pm, ci, cm, t = _micro_slices(ro, list(range(s, min(n, s + micro))))
-        h = completion_logp(model, pi, pm, ci, cm, temperature=temperature, with_hidden=True).hidden
+        ix, pi, pm, own, ci, cm, t = _micro_slices(ro, list(range(s, min(n, s + micro))), group)
+        h = completion_logp(model, pi, pm, ci, cm, temperature=temperature, with_hidden=True, owner=own).hidden
         out[ix, :t] = head(h) * cm
     return out
 
@@ -505,18 +534,35 @@ def _greedy_baseline(model, tok, rows, reward_fns, cfg: Config, step: int, devic
     return (rew * ro.completion_mask).sum(-1) * valid
 
 
+def shared_group(cfg: Config) -> int:
+    """Rows per shared prompt in the update's forward passes (1: no sharing)."""
+    return cfg.rollout.num_generations if cfg.optim.share_prompts else 1
+
+
+def _order(idx: list[int], lengths: list[int], group: int):
+    """Sort key for micro-batching: longest completions first to cut padding; with shared prompts, whole
+    groups stay together (ordered by their longest member), so a micro-batch holds few distinct prompts."""
+    if group == 1:
+        return lambda i: -lengths[i]
+    longest: dict[int, int] = {}
+    for i in idx:
+        longest[i // group] = max(longest.get(i // group, 0), lengths[i])
+    return lambda i: (-longest[i // group], i // group, -lengths[i])
+
+
 def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, ref_logp, token_rewards,
            cfg: Config, ctx=distributed.Dist()) -> dict:
     """`num_iterations` passes over the rollout in `mini_batches` optimizer steps, each accumulated exactly
     over micro-batches (sorted by length to cut padding)."""
     a, o, r = cfg.algo, cfg.optim, cfg.rollout
     n = ro.prompt_ids.shape[0]
+    tis = r.engine == "vllm" and r.tis_cap > 0  # ro.logp are vLLM's, not the trainer's: reweight (rlft/loss.py)
     model.train()
     old_logp = None
     if a.num_iterations > 1 or a.mini_batches > 1:  # the policy moves between optimizer steps
         model.eval()
         with torch.no_grad():
-            old_logp = _in_micro_batches(model, ro, o.micro_batch_size, r.temperature)
+            old_logp = _in_micro_batches(model, ro, o.micro_batch_size, r.temperature, shared_group(cfg))
         model.train()
     returns = estimators.discounted_returns(token_rewards, ro.completion_mask, a.gamma) if value_head else None
     sums: dict[str, float] = {}
@@ -524,29 +570,45 @@ def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, r
     need_entropy = True
     per_mb = n // a.mini_batches
     lengths = ro.lengths.tolist()
+    g = shared_group(cfg)
+    # A sample whose advantage is 0 at every token adds exactly 0 to the gradient when nothing else is in the loss
+    # (no KL or entropy term, no value head): it stays in the counts that normalise the loss but is not run.
+    skip = a.entropy_coef == 0 and value_head is None and (ref_logp is None or a.kl_in != "loss" or a.kl_coef == 0)
+    signal = ((adv * loss_mask) != 0).any(-1).tolist()
     for _ in range(a.num_iterations):
         for m in range(a.mini_batches):
             idx = list(range(m * per_mb, (m + 1) * per_mb))
             # counts over the global mini-batch: each rank's loss is its share of the one-process loss
             norm = Norm(int(ctx.sum(len(idx))), int(ctx.sum(loss_mask[idx].sum())), r.max_new_tokens)
-            idx.sort(key=lambda i: -lengths[i])
+            if skip:
+                idx = [i for i in idx if signal[i]]
+                seen = Norm(int(ctx.sum(len(idx))), int(ctx.sum(loss_mask[idx].sum())), r.max_new_tokens)
+            idx.sort(key=_order(idx, lengths, g))
             for s in range(0, len(idx), o.micro_batch_size):
-                ix, pi, pm, ci, cm, t = _micro_slices(ro, idx[s:s + o.micro_batch_size])
+                ix, pi, pm, own, ci, cm, t = _micro_slices(ro, idx[s:s + o.micro_batch_size], g)
                 st = completion_logp(model, pi, pm, ci, cm, temperature=r.temperature, with_entropy=need_entropy,
-                                     entropy_grad=a.entropy_coef > 0, with_hidden=value_head is not None)
+                                     entropy_grad=a.entropy_coef > 0, with_hidden=value_head is not None, owner=own)
                 lm = loss_mask[ix, :t]
                 old = st.logp.detach() if old_logp is None else old_logp[ix, :t]
+                w, tis_sums = tis_weights(old, ro.logp[ix, :t], lm, r.tis_cap) if tis else (None, {})
                 loss, stats = pg_loss(st.logp, old, adv[ix, :t], lm, norm, agg=a.agg, eps_low=a.eps_low,
                                       eps_high=a.eps_high, ref_logp=None if ref_logp is None else ref_logp[ix, :t],
                                       kl_coef=a.kl_coef if a.kl_in == "loss" else 0.0, kl_estimator=a.kl_estimator,
-                                      entropy=st.entropy, entropy_coef=a.entropy_coef)
+                                      entropy=st.entropy, entropy_coef=a.entropy_coef, weights=w)
+                stats.update(tis_sums)
                 if value_head is not None:
                     v_loss = aggregate((value_head(st.hidden) - returns[ix, :t]) ** 2, lm, "token_mean", norm)
                     loss = loss + a.value_coef * v_loss
                     stats["value"] = v_loss.detach()
+                if skip:  # the logged entropy: over the samples the update ran
+                    stats["entropy"] = aggregate(st.entropy.detach(), lm, a.agg, seen)
                 loss.backward()
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
+            if skip and (not idx or ctx.on):  # a rank with no signal still takes part: zero gradients, as if run
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
             ctx.all_reduce_grads(params)  # sum of the ranks' shares = the global gradient
             gn = torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf"))
             grad_norms.append(float(gn))
@@ -565,6 +627,11 @@ def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, r
         out["kl/mean"] = 0.0
     if value_head is not None:
         out["loss/value"] = sums.get("value", 0.0) / k
+    if tis:  # means over the completion tokens the update ran
+        n_tis = max(sums.get("tis_tokens", 0.0), 1.0)
+        out.update({"tis/weight_mean": sums.get("tis_weight", 0.0) / n_tis,
+                    "tis/clipped_frac": sums.get("tis_clipped", 0.0) / n_tis,
+                    "tis/logp_abs_diff": sums.get("tis_abs_diff", 0.0) / n_tis})
     return out
 
 

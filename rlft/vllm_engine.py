@@ -1,0 +1,157 @@
+"""Rollouts from vLLM in the training process (``rollout.engine: vllm``; the ``vllm`` extra; a CUDA GPU).
+
+One engine per run, beside the trainer's model on the same GPU (``rollout.vllm_gpu_memory_utilization`` of its
+memory). It samples from token-id prompts and returns the same `Rollout` as rlft's sampler; after every optimizer
+update the policy's weights (LoRA merged in) are loaded into vLLM's model in place. Choices, and why:
+
+* vLLM runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the weights reach its model as tensors
+  (``LLM.apply_model``), with no copy through another process;
+* ``logprobs_mode="processed_logprobs"`` (vLLM >= 0.10.2) makes the sampled token's log-prob the one at the
+  sampling temperature, which is what rlft's loss computes. With top-k / top-p it is also renormalised over the
+  tokens kept, whereas rlft's own sampler reports the log-prob before them: the TIS weight then also corrects
+  for the truncation (rlft/loss.py);
+* the prefix cache is reset after each weight update: it holds keys and values computed with the old weights;
+* vLLM's log-probs are not the trainer's (other kernels, precision), so the loss reweights each token by the
+  truncated ratio of the two (``rollout.tis_cap``, rlft/loss.py);
+* vLLM seeds its sampling from ``train.seed`` once; a run is not bitwise reproducible (batching changes numerics),
+  and the ``generator`` rlft's sampler draws from is not used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from .config import Config, ConfigError
+from .rollout import Rollout, _strip_stop
+
+INSTALL = "pip install 'rlft[vllm]'"
+
+
+def check(cfg: Config, world: int = 1) -> None:
+    """Fail before any model is loaded when vLLM cannot run here; the message says what to do."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"rollout.engine=vllm needs vLLM, which is not installed ({e}): {INSTALL} on a machine "
+                          f"with a CUDA GPU, or use rollout.engine=rlft") from None
+    if not torch.cuda.is_available():
+        raise ConfigError("rollout.engine=vllm needs a CUDA GPU and none is visible; use rollout.engine=rlft here")
+    if world > 1:
+        raise ConfigError(f"rollout.engine=vllm runs in one process in this version (got {world} under torchrun); "
+                          f"launch without torchrun or use rollout.engine=rlft")
+
+
+class VLLMEngine:
+    """A vLLM ``LLM`` holding the policy's current weights: `generate` samples, `load_weights` refreshes them,
+    `sleep` frees its GPU memory until the next `load_weights` (with ``rollout.vllm_sleep``)."""
+
+    def __init__(self, model, tokenizer, cfg: Config, world: int = 1):
+        check(cfg, world)
+        if model.config.is_encoder_decoder:
+            raise ConfigError("rollout.engine=vllm supports decoder-only models; use rollout.engine=rlft for "
+                              "encoder-decoder ones")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core and model in this process
+        from vllm import LLM
+
+        m, r = cfg.model, cfg.rollout
+        # the architecture and tokenizer come from model.path; the weights are the policy's, pushed below (they
+        # differ from model.path after a warm start, on resume, and with LoRA)
+        self.llm = LLM(model=m.path, tokenizer=m.tokenizer or m.path, revision=m.revision or None,
+                       trust_remote_code=m.trust_remote_code, dtype=m.dtype, seed=cfg.train.seed,
+                       gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+                       max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens,
+                       logprobs_mode="processed_logprobs", enable_sleep_mode=r.vllm_sleep)
+        self.tok, self.use_sleep, self.sleeping = tokenizer, r.vllm_sleep, False
+        self.load_weights(model)
+
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop=(), eos_ids=None,
+                 generator=None) -> Rollout:
+        """One completion per row of ``prompt_ids`` ([N, P], left-padded), as `rlft.rollout.sample` returns it.
+        ``eos_ids``: default the model's full list; ``[]`` samples through EOS. ``generator`` is not used."""
+        from vllm import SamplingParams, TokensPrompt
+
+        eos = list(self.tok.rlft_eos_ids if eos_ids is None else eos_ids)
+        prompts = [TokensPrompt(prompt_token_ids=row[m.bool()].tolist()) for row, m in zip(prompt_ids, prompt_mask)]
+        params = SamplingParams(n=1, temperature=temperature, top_k=top_k if top_k > 0 else -1, top_p=top_p,
+                                max_tokens=max_new_tokens, stop=list(stop) or None, stop_token_ids=eos or None,
+                                ignore_eos=not eos, logprobs=0)  # logprobs=0: the sampled token's only
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        seqs, logps, by_stop = [], [], []
+        for out in outs:
+            c = out.outputs[0]
+            seqs.append(list(c.token_ids))
+            logps.append([pos[tok].logprob for pos, tok in zip(c.logprobs, c.token_ids)])
+            by_stop.append(isinstance(c.stop_reason, str))  # a stop string (an int: a stop token; None: EOS)
+        return to_rollout(self.tok, prompt_ids, prompt_mask, seqs, logps, by_stop, eos, stop)
+
+    def sleep(self) -> None:
+        """Free vLLM's weights and KV cache on the GPU for the update (level 2: the weights are reloaded anyway)."""
+        if self.use_sleep and not self.sleeping:
+            self.llm.sleep(level=2)
+            self.sleeping = True
+
+    def load_weights(self, model) -> None:
+        """Load the policy's current weights into vLLM's model, in place (its CUDA graphs stay valid)."""
+        if self.sleeping:
+            self.llm.wake_up(tags=["weights"])  # the weights first, so the KV cache is not held meanwhile
+        weights = policy_weights(model)
+        self.llm.apply_model(lambda vllm_model: vllm_model.load_weights(weights))
+        if self.sleeping:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.sleeping = False
+        self.llm.reset_prefix_cache()  # cached keys / values were computed with the old weights
+
+
+def policy_weights(model) -> list[tuple[str, torch.Tensor]]:
+    """The policy's weights under the names of its transformers checkpoint (what vLLM's ``load_weights`` reads).
+
+    With LoRA: each adapted weight plus its adapters' delta, computed beside the model (merging into the
+    weights and unmerging again would leave rounding drift in bf16 base weights every step)."""
+    from .policy import is_lora, unwrap
+
+    base = unwrap(model)
+    deltas = {}
+    with torch.no_grad():
+        if is_lora(model):
+            from peft.tuners.lora import LoraLayer
+
+            for name, mod in base.named_modules():
+                if isinstance(mod, LoraLayer):
+                    active = [a for a in mod.active_adapters if a in mod.lora_A or a in mod.lora_embedding_A]
+                    if active:
+                        deltas[f"{name}.weight"] = sum(mod.get_delta_weight(a) for a in active)
+        out = []
+        for name, t in base.state_dict().items():
+            if "lora_" in name or ".original_module." in name:
+                continue
+            name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name.replace(".base_layer.", "."))
+            out.append((name, t + deltas[name].to(t.dtype) if name in deltas else t))
+    return out
+
+
+def to_rollout(tokenizer, prompt_ids, prompt_mask, seqs: list[list[int]], logps: list[list[float]],
+               by_stop: list[bool], eos: list[int], stop) -> Rollout:
+    """A `Rollout` from the sampled token ids and their log-probs, one list per row: each completion is cut after
+    its first EOS (kept, finish ``eos``); ``by_stop`` rows ended at a stop string (kept in the tokens, cut from
+    the text); the rest ran to the length limit."""
+    n, pad, eos_set = len(seqs), tokenizer.pad_token_id, set(eos)
+    width = max([1] + [len(s) for s in seqs])
+    ids = torch.full((n, width), pad, dtype=torch.long)        # [N, T]
+    lp = torch.zeros((n, width))                               # [N, T]
+    lengths, finish = [], []
+    for i, (s, l, hit_stop) in enumerate(zip(seqs, logps, by_stop)):
+        end = next((j + 1 for j, x in enumerate(s) if x in eos_set), None)
+        finish.append("eos" if end is not None else "stop" if hit_stop else "length")
+        s, l = s[:end], l[:end]
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        lp[i, :len(l)] = torch.tensor(l, dtype=torch.float32)
+        lengths.append(len(s))
+    mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).long()
+    texts = tokenizer.batch_decode([row[:k] for row, k in zip(ids.tolist(), lengths)], skip_special_tokens=True)
+    texts = [_strip_stop(tx, stop) if f == "stop" else tx for tx, f in zip(texts, finish)]
+    dev = prompt_ids.device
+    return Rollout(prompt_ids, prompt_mask, ids.to(dev), mask.to(dev), lp.to(dev), finish, texts)
