@@ -54,6 +54,11 @@ def lean(model, length: int = 0) -> Lean | None:
     return Lean(m, kind)
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding (as transformers.generate computes them)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def _rotate_half(x):
     x1 = x[..., : x.shape[-1] // 2]
     x2 = x[..., x.shape[-1] // 2:]
@@ -128,7 +133,10 @@ class Lean:
         o = o.reshape(n, -1, q, d).transpose(1, 2).reshape(n, q, -1)
         return a.c_proj(o) if self.kind == "gpt2" else a.o_proj(o)
 
-    def _block(self, layer, h, rope, mask, cache=None, start: int = 0):
+    def _block(self, layer, h, rope, mask, cache=None, start: int = 0, prefix=None, keep=None):
+        """One decoder layer. ``cache``: a preallocated (keys, values) pair to write at ``start`` and attend over
+        (sampling). ``prefix``: keys and values of earlier positions to attend over too, and ``keep``: a list
+        that receives this call's keys and values (the shared-prompt forward; autograd flows through both)."""
         if self.kind == "gpt2":
             ln1, ln2, mlp = layer.ln_1, layer.ln_2, layer.mlp
             drop = layer.attn.resid_dropout
@@ -136,12 +144,16 @@ class Lean:
             ln1, ln2, mlp = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp
             drop = None
         qs, ks, vs = self._qkv(layer, ln1(h), rope)
+        if keep is not None:
+            keep.append((ks, vs))
         if cache is not None:  # write this call's keys and values, attend over everything so far
             kc, vc = cache
             end = start + ks.shape[2]
             kc[:, :, start:end] = ks
             vc[:, :, start:end] = vs
             ks, vs = kc[:, :, :end], vc[:, :, :end]
+        elif prefix is not None:
+            ks, vs = torch.cat([prefix[0], ks], 2), torch.cat([prefix[1], vs], 2)
         o = self._attend(layer, qs, ks, vs, mask)
         h = h + (drop(o) if drop is not None else o)
         return h + self._mlp(mlp, ln2(h))
@@ -177,6 +189,34 @@ class Lean:
             h = self._block(layer, h, rope, m)
         return self._final(h)
 
+    def completion_states(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, owner: torch.Tensor,
+                          completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+        """The states s_t that predict each completion token, [N, T, H] (after the final norm), when rows share
+        prompts: ``prompt_ids`` [U, P] holds each distinct prompt once (left-padded) and row i continues prompt
+        ``owner[i]``.
+
+        The prompts run once; their keys and values are then indexed out to the rows, which attend over them and
+        over their own completion causally. The same function as `hidden` over prompt + completion: G samples of
+        a prompt cost one prompt forward instead of G, in the backward pass too (the index's gradient sums the
+        rows' contributions into their prompt)."""
+        p, t = prompt_ids.shape[1], completion_ids.shape[1]
+        h, rope = self._embed(prompt_ids, position_ids(prompt_mask))
+        m = self._mask(prompt_mask.bool())
+        kv: list = []
+        for layer in self.layers:
+            h = self._block(layer, h, rope, m, keep=kv)
+        last = self._final(h[:, -1])[owner]                                   # [N, H] s_0: after the prompt
+        if t == 1:
+            return last[:, None]
+        row_mask = prompt_mask[owner]                                         # [N, P]
+        pos = position_ids(torch.cat([row_mask, completion_mask.to(row_mask.dtype)], 1))[:, p:p + t - 1]
+        h, rope = self._embed(completion_ids[:, :t - 1], pos)                 # a_0 .. a_{T-2} give s_1 .. s_{T-1}
+        own = completion_mask[:, :t - 1].bool()
+        m = torch.cat([row_mask.bool()[:, None].expand(-1, t - 1, -1), self._mask(own)[:, 0]], 2)[:, None]
+        for layer, (ks, vs) in zip(self.layers, kv):
+            h = self._block(layer, h, rope, m, prefix=(ks[owner], vs[owner]))
+        return torch.cat([last[:, None], self._final(h)], 1)
+
     def decoder(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, max_new_tokens: int,
                 head) -> Decoder:
         return Decoder(self, ids, mask, pos, max_new_tokens, head)
@@ -185,7 +225,9 @@ class Lean:
 class Decoder:
     """KV-cached decoding: the cache ([layers] x [N, Hkv, P + T, D]) and the key mask are allocated once.
 
-    ``logits`` [N, V] holds the next-token logits after the prompt, then after each ``step(tokens)``."""
+    ``logits`` [N, V] holds the next-token logits after the prompt, then after each ``step(tokens)``.
+    Rows with the same prompt (the G samples of a group) share one prefill: each distinct prompt runs once and
+    its keys, values and logits are copied to its rows."""
 
     def __init__(self, lean: Lean, ids, mask, pos, max_new_tokens: int, head):
         self.lean, self.head = lean, head
@@ -199,11 +241,23 @@ class Decoder:
         self.valid[:, :p] = mask.bool()
         self.pos = pos[:, -1:] + 1                                            # [N, 1] next position
         self.length = p
+        distinct, owner = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
+        if distinct.shape[0] == n:  # no prompt repeats: prefill straight into the cache
+            prefill, owner = self.cache, None
+        else:
+            ids, mask, pos = distinct[:, :p], distinct[:, p:], position_ids(distinct[:, p:])
+            prefill = [(torch.empty(len(ids), lean.kv_heads, p, lean.head_dim, **kw),
+                        torch.empty(len(ids), lean.kv_heads, p, lean.head_dim, **kw)) for _ in lean.layers]
         h, rope = lean._embed(ids, pos)
         m = Lean._mask(mask.bool())
-        for layer, cache in zip(lean.layers, self.cache):
+        for layer, cache in zip(lean.layers, prefill):
             h = lean._block(layer, h, rope, m, cache, 0)
-        self.logits = head(lean._final(h[:, -1])).float()                      # [N, V]
+        self.logits = head(lean._final(h[:, -1])).float()                      # [N or distinct, V]
+        if owner is not None:
+            for (kc, vc), (kp, vp) in zip(self.cache, prefill):
+                kc[:, :, :p] = kp[owner]
+                vc[:, :, :p] = vp[owner]
+            self.logits = self.logits[owner]
 
     def keep(self, idx: torch.Tensor) -> None:
         """Go on with the rows ``idx`` only (finished rows leave the batch; their cache is freed)."""

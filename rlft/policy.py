@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, ModelConfig
-from .lean import lean
+from .lean import lean, position_ids
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -158,11 +158,6 @@ def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Ten
     return ids.to(device), mask.to(device)
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding (as transformers.generate computes them)."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def output_head(model):
     """The backbone, the LM head, and the model's logit post-processing (soft-capping, scaling)."""
     model = unwrap(model)
@@ -190,31 +185,40 @@ class TokenStats:
 
 def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float = 1.0,
                     with_entropy: bool = False, with_hidden: bool = False, chunk_tokens: int = 4096,
-                    entropy_grad: bool = True) -> TokenStats:
+                    entropy_grad: bool = True, owner: torch.Tensor | None = None) -> TokenStats:
     """Per-token log-probs of the completions under ``model``.
 
     One backbone forward over prompt + completion; the head runs only on the T completion positions,
     ``chunk_tokens`` positions at a time, with the log-softmax in float32 per chunk. ``entropy_grad=False``:
     the entropy is for logging only, so no graph is kept for it (with a large vocabulary that graph holds two
     more [chunk, V] float32 tensors until the backward pass).
+
+    ``owner`` [N]: rows share prompts; ``prompt_ids`` / ``prompt_mask`` hold each distinct prompt once ([U, P])
+    and row i continues prompt ``owner[i]``. Models rlft/lean.py covers then run each prompt once for all its
+    rows (`Lean.completion_states`); others get the prompts indexed out to the rows.
     """
+    if owner is not None and lean(model, prompt_ids.shape[1] + completion_ids.shape[1]) is None:
+        prompt_ids, prompt_mask, owner = prompt_ids[owner], prompt_mask[owner], None
     if model.config.is_encoder_decoder:  # decoder tokens given the encoder inputs: rlft/seq2seq.py
         from .seq2seq import completion_logp as seq2seq_logp
 
         return seq2seq_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature,
                             with_entropy=with_entropy, with_hidden=with_hidden, chunk_tokens=chunk_tokens)
-    n, p = prompt_ids.shape
-    t = completion_ids.shape[1]
-    ids = torch.cat([prompt_ids, completion_ids], 1)                      # [N, P+T]
-    mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)
+    p = prompt_ids.shape[1]
+    n, t = completion_ids.shape
     backbone, head = output_head(model)
     fast = lean(model, p + t)  # the same arithmetic without transformers' per-call bookkeeping (rlft/lean.py)
-    if fast is not None:
-        h = fast.hidden(ids, mask, position_ids(mask))                     # [N, P+T, H]
+    if owner is not None:  # fast is not None here
+        h = fast.completion_states(prompt_ids, prompt_mask, owner, completion_ids, completion_mask)  # [N, T, H]
     else:
-        h = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                     use_cache=False).last_hidden_state                   # [N, P+T, H]
-    h = h[:, p - 1:p - 1 + t]                                              # states s_t predicting a_t: [N, T, H]
+        ids = torch.cat([prompt_ids, completion_ids], 1)                  # [N, P+T]
+        mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)
+        if fast is not None:
+            h = fast.hidden(ids, mask, position_ids(mask))                 # [N, P+T, H]
+        else:
+            h = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                         use_cache=False).last_hidden_state               # [N, P+T, H]
+        h = h[:, p - 1:p - 1 + t]                                          # states s_t predicting a_t: [N, T, H]
     flat_h = h.reshape(n * t, -1)
     flat_y = completion_ids.reshape(-1)
     logps, ents = [], []
