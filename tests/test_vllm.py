@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,7 +166,7 @@ def test_to_rollout_cuts_at_eos_keeps_stop_tokens_and_pads(tiny_model_dir):
     assert ro.completions == ["ab", "x", "hello"]
     assert ro.lengths.tolist() == [3, 3, 5]
     assert ro.completion_ids.shape == (3, 5)
-    assert ro.completion_ids[0, :3].tolist() == enc[0][:3] and ro.completion_ids[0, 3:].tolist() == [tok.pad_token_id] * 2
+    assert ro.completion_ids[0].tolist() == enc[0][:3] + [tok.pad_token_id] * 2
     assert ro.completion_ids[1, :3].tolist() == enc[1]  # the stop string stays in the tokens
     torch.testing.assert_close(ro.logp[0], t([-0.5, -1.5, -2.5, 0, 0]))  # nothing after EOS, padding 0
     assert ro.prompt_ids is ids
@@ -193,3 +194,39 @@ def test_tis_settings_are_checked():
         Config.load(None, ["rollout.tis_cap=-1"])
     with pytest.raises(ConfigError, match="vllm_gpu_memory_utilization"):
         Config.load(None, ["rollout.vllm_gpu_memory_utilization=1.5"])
+
+
+# benchmarks/vllm_gpu.py runs on a GPU only; here: it loads, and its report and statistics are right ----------
+
+def test_gpu_benchmark_help_runs_without_vllm():
+    proc = subprocess.run([sys.executable, "benchmarks/vllm_gpu.py", "--help"], check=False, capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--quick" in proc.stdout and "--lora" in proc.stdout
+
+
+def test_gpu_benchmark_gap_and_report():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.vllm_gpu import _gap, report
+
+    # gaps ln 3 (capped at 2), 0 and -ln 2 on three tokens; the 4th is padding
+    trainer = t([[math.log(3), 0.0, -math.log(2), 9.0]])
+    g = _gap(trainer, torch.zeros(1, 4), t([[1, 1, 1, 0]]), cap=2.0)
+    assert g["tokens"] == 3 and g["tis_clipped_frac"] == pytest.approx(1 / 3)
+    assert g["tis_weight_mean"] == pytest.approx((2 + 1 + 0.5) / 3)
+    assert g["logp_abs_diff_mean"] == pytest.approx((math.log(3) + math.log(2)) / 3)
+    assert g["logp_abs_diff_max"] == pytest.approx(math.log(3))
+    sync = {"logp_abs_diff_mean": 0.01, "greedy_same_as_trainer": 1.0}
+    res = {"model": "m", "machine": "gpu", "repeats": 3,
+           "engine": {"tokens_per_s": {"rlft": 1000.0, "vllm": 3000.0, "ratio": 3.0}, "rows": 8, "new_tokens": 16,
+                      "gap": {"rlft": g, "vllm": g}, "update": {"tis/weight_mean": 1.0}, "peak_cuda_gb": 1.0,
+                      "sync": {"stale": {**sync, "logp_abs_diff_mean": 0.5}, "synced": sync, "load_weights_s": 0.1,
+                               "weights_reach_vllm": True}},
+           "train": [{"engine": "vllm", "lora": False, "steps": [
+               {"step": 1, "perf/step_seconds": 2.0, "perf/sample_seconds": 1.0, "perf/update_seconds": 1.0,
+                "perf/tokens_per_second": 500.0, "tis/weight_mean": 0.99, "tis/clipped_frac": 0.0,
+                "tis/logp_abs_diff": 0.02}]}, {"error": "boom"}]}
+    md = report(res)
+    assert "| vLLM | 3000 | **3.00x** |" in md and "weights reach vLLM: **True**" in md
+    assert "| vllm | 1 | 2.00 | 1.00 | 1.00 | 500 | 0.9900 | 0.0000 | 0.0200 |" in md and "boom" in md
+    assert "parts 1-3 failed" in report({**res, "engine": {"error": "no GPU"}})
