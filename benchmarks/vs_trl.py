@@ -63,18 +63,26 @@ class Job:
     temperature: float = 1.0
     seed: int = 0
     threads: int = 1                   # torch threads per child (2 shared cores: 1 keeps OpenMP from thrashing)
+    prompt: str = "short"              # short (8-30 tokens) or long (~170-220 tokens): see prompts()
 
     @property
     def name(self) -> str:
-        return f"{self.model} {self.max_new_tokens} tok {self.estimator}"
+        return f"{self.model} {self.max_new_tokens} tok {self.estimator}" + (" long" if self.prompt == "long" else "")
 
 
-def prompts(n: int = 64) -> list[str]:
-    """Short, varied, deterministic prompts (8 to 30 bytes)."""
-    subjects = ["the cat", "a river", "my friend", "the old house", "one small bird", "the moon", "a green tree",
-                "the fast dog"]
-    verbs = ["sees", "likes", "finds", "remembers", "paints", "follows", "hears", "keeps"]
-    return [f"{subjects[i % 8]} {verbs[(i // 8) % 8]}" for i in range(n)]
+SUBJECTS = ["the cat", "a river", "my friend", "the old house", "one small bird", "the moon", "a green tree",
+            "the fast dog"]
+VERBS = ["sees", "likes", "finds", "remembers", "paints", "follows", "hears", "keeps"]
+
+
+def prompts(n: int = 64, kind: str = "short") -> list[str]:
+    """Varied, deterministic prompts. short: "the cat sees" (8 to 30 bytes = tokens); long: a six-sentence
+    paragraph and an instruction (~170-220 tokens), the shape of a summarisation or reasoning prompt."""
+    short = [f"{SUBJECTS[i % 8]} {VERBS[(i // 8) % 8]}" for i in range(n + 48)]
+    if kind == "short":
+        return short[:n]
+    return [" ".join(f"{short[i + 7 * k]} {SUBJECTS[(i + 3 * k) % 8]}." for k in range(6)) +
+            " write one more sentence about it:" for i in range(n)]
 
 
 def reward(prompts, completions, **_) -> list[float]:
@@ -94,7 +102,7 @@ def rlft_config(job: Job, model_dir: str, data: str, out: str):
     agg = {"grpo": "token_mean", "rloo": "seq_mean_token_sum"}[job.estimator]
     return Config.from_dict({
         "model": {"path": model_dir, "dtype": "float32", "device": "cpu", "chat_template": "off", "add_bos": "off"},
-        "data": {"train": data, "shuffle": False, "max_prompt_tokens": 64},
+        "data": {"train": data, "shuffle": False, "max_prompt_tokens": 256},
         "rollout": {"batch_prompts": job.batch_prompts, "num_generations": job.num_generations,
                     "max_new_tokens": job.max_new_tokens, "temperature": job.temperature, "top_k": 0, "top_p": 1.0},
         "algo": {"estimator": job.estimator, "scale": "group", "num_iterations": 1, "mini_batches": 1,
@@ -213,7 +221,7 @@ def child(side: str, job: Job, model_dir: str) -> dict:
             from rlft.train import train
 
             data = Path(tmp) / "prompts.jsonl"
-            data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts()))
+            data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(kind=job.prompt)))
             train(rlft_config(job, model_dir, str(data), str(Path(tmp) / "run")), rewards=[rec], overwrite=True)
         else:
             import datasets
@@ -222,7 +230,7 @@ def child(side: str, job: Job, model_dir: str) -> dict:
 
             tok = AutoTokenizer.from_pretrained(model_dir)
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            ds = datasets.Dataset.from_list([{"prompt": p} for p in prompts()])
+            ds = datasets.Dataset.from_list([{"prompt": p} for p in prompts(kind=job.prompt)])
             cls = trl.GRPOTrainer if job.estimator == "grpo" else trl.RLOOTrainer
             trainer = cls(model=model, reward_funcs=[rec], args=trl_config(job, tmp), train_dataset=ds,
                           processing_class=tok)
@@ -244,7 +252,7 @@ def build_model(name: str, folder: Path, seed: int = 0) -> str:
 
     arch, kw = MODELS[name]
     tok = byte_tokenizer()
-    pos = {"n_positions": 256} if arch == "gpt2" else {"max_position_embeddings": 256}
+    pos = {"n_positions": 512} if arch == "gpt2" else {"max_position_embeddings": 512}
     cfg = AutoConfig.for_model(arch, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                pad_token_id=tok.pad_token_id, **pos, **kw)
     torch.manual_seed(seed)
@@ -359,6 +367,8 @@ def grid(quick: bool, models: list[str]) -> tuple[list[Job], int]:
         return [Job("llama-0.4M", est, 32, steps=8) for est in ("grpo", "rloo")], 2
     jobs = [Job(m, est, tokens, steps=STEPS.get((m, tokens), 5))
             for m in models for tokens in (32, 128) for est in ("grpo", "rloo")]
+    jobs += [Job(m, est, tokens, steps=max(3, STEPS.get((m, tokens), 5) - 2), prompt="long")
+             for m in models for tokens in (32, 128) for est in ("grpo", "rloo")]
     return jobs, 2
 
 
