@@ -8,8 +8,12 @@ Each variant runs in its own process (CPU seconds of that process, median of 5 r
 * sampler: 32 prompts x 128 new tokens, EOS as the model samples it (some rows finish early);
   `old` = the sampler of --rlft-src; `transformers forward` = the new loop over transformers' forward and
   cache (rlft/lean.py off); `keep finished rows` = rlft/lean.py with finished rows left in the batch;
-* update: one micro-batch of 8 x (prompt + 128 tokens), forward + backward; `transformers forward` =
-  rlft/lean.py off (its GELU included), with the peak RSS of that process.
+  `one prefill per row` = the prefill run for every row, not once per distinct prompt;
+* update: one micro-batch of 8 x (prompt + 128 tokens) (two prompts, four samples each), forward + backward;
+  `no prompt sharing` = every row runs its prompt + completion; `transformers forward` = rlft/lean.py off (its
+  GELU included, prompts not shared), with the peak RSS of that process.
+
+``--prompt long`` uses the benchmark's ~200-token prompts instead of the short ones.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ sys.path.append(str(HERE.parent))
 from benchmarks.vs_trl import build_model, prompts  # noqa: E402
 
 
-def child(kind: str, variant: str, model_dir: str, new_tokens: int) -> dict:
+def child(kind: str, variant: str, model_dir: str, new_tokens: int, prompt: str = "short") -> dict:
     import resource
 
     import torch
@@ -47,10 +51,14 @@ def child(kind: str, variant: str, model_dir: str, new_tokens: int) -> dict:
         from rlft.lean import Decoder
 
         Decoder.keep = None
+    if variant == "one prefill per row":
+        from rlft.lean import Decoder
+
+        Decoder.share_prefill = False
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     prepare_tokenizer(tok, model)
-    texts = [p for p in prompts(8) for _ in range(4)]
+    texts = [p for p in prompts(8, prompt) for _ in range(4)]
     ids, mask = left_pad([encode_prompt(tok, t, "off") for t in texts], tok.pad_token_id)
     times = []
     if kind == "sampler":
@@ -68,7 +76,11 @@ def child(kind: str, variant: str, model_dir: str, new_tokens: int) -> dict:
         cmask = torch.ones_like(comp)
         for _ in range(6):
             t0 = time.process_time()
-            st = completion_logp(model, ids[:8], mask[:8], comp, cmask, with_entropy=True)
+            if variant == "all changes":  # rows 0-3 and 4-7 share their prompts
+                st = completion_logp(model, ids[[0, 4]], mask[[0, 4]], comp, cmask, with_entropy=True,
+                                     owner=torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+            else:
+                st = completion_logp(model, ids[:8], mask[:8], comp, cmask, with_entropy=True)
             st.logp.sum().backward()
             times.append(time.process_time() - t0)
         extra = {}
@@ -76,13 +88,13 @@ def child(kind: str, variant: str, model_dir: str, new_tokens: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
 
 
-def run(kind: str, variant: str, model_dir: str, new_tokens: int, src: str | None) -> dict:
+def run(kind: str, variant: str, model_dir: str, new_tokens: int, src: str | None, prompt: str = "short") -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([p for p in (src, os.environ.get("PYTHONPATH", "")) if p])}
     subprocess.run([sys.executable, __file__, "--child", kind, "--variant", variant, "--model-dir", model_dir,
-                    "--new-tokens", str(new_tokens), "--result", path], env=env, check=True,
+                    "--new-tokens", str(new_tokens), "--prompt", prompt, "--result", path], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = json.loads(Path(path).read_text())
     os.unlink(path)
@@ -96,25 +108,28 @@ def main() -> None:
     ap.add_argument("--variant", default="")
     ap.add_argument("--model-dir")
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prompt", choices=["short", "long"], default="short", help="the benchmark's prompt kind")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every variant (medians)")
     ap.add_argument("--result")
     args = ap.parse_args()
     if args.child:
-        Path(args.result).write_text(json.dumps(child(args.child, args.variant, args.model_dir, args.new_tokens)))
+        Path(args.result).write_text(json.dumps(child(args.child, args.variant, args.model_dir, args.new_tokens,
+                                                      args.prompt)))
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in ("llama-0.4M", "gpt2-3M"):
             d = build_model(model, Path(tmp))
-            cases = [("sampler", "all changes", None), ("sampler", "keep finished rows", None),
-                     ("sampler", "transformers forward", None)]
+            cases = [("sampler", "all changes", None), ("sampler", "one prefill per row", None),
+                     ("sampler", "keep finished rows", None), ("sampler", "transformers forward", None)]
             if args.rlft_src:
                 cases.append(("sampler", "old", str(Path(args.rlft_src).resolve())))
-            cases += [("update", "all changes", None), ("update", "transformers forward", None)]
+            cases += [("update", "all changes", None), ("update", "no prompt sharing", None),
+                      ("update", "transformers forward", None)]
             runs: dict = {c: [] for c in cases}
             for _ in range(args.rounds):  # interleaved rounds: a busy moment hits every variant alike
                 for case in cases:
-                    runs[case].append(run(case[0], case[1], d, args.new_tokens, case[2]))
+                    runs[case].append(run(case[0], case[1], d, args.new_tokens, case[2], args.prompt))
             for (kind, variant, _), rs in runs.items():
                 r = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
                 rows.append({"model": model, "kind": kind, "variant": variant, **r})
@@ -123,7 +138,8 @@ def main() -> None:
                                                                if "mean_length" in r else ""), flush=True)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(rows, indent=1))
+    name = "ablation.json" if args.prompt == "short" else f"ablation-{args.prompt}.json"
+    (out / name).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

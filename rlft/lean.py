@@ -9,7 +9,8 @@ allocated once. The arithmetic is transformers' own, in the same order (tests/te
 states against transformers and greedy decoding against `generate`, token for token).
 
 ``lean(model)`` returns None for anything else -- another architecture or attention implementation,
-gradient checkpointing, dropout while training, a sliding window shorter than the sequence -- and the
+gradient checkpointing, dropout while training, a sliding window shorter than the sequence, FSDP-sharded
+weights (they are only whole inside the root forward, or inside `fsdp.gathered` for sampling) -- and the
 callers use transformers' forward instead.
 """
 
@@ -25,10 +26,13 @@ TANH_GELU = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActiva
 def lean(model, length: int = 0) -> Lean | None:
     """A `Lean` view of ``model`` (a plain or PEFT-wrapped causal LM), or None when unsupported.
     ``length``: the longest sequence it will see (a sliding window must not cut it)."""
+    from .fsdp import is_sharded
     from .policy import unwrap
 
     m = unwrap(model)
     cfg = m.config
+    if is_sharded(next(m.parameters())):  # FSDP shards: only the root forward gathers them (rlft/fsdp.py)
+        return None
     kind = getattr(cfg, "model_type", None)
     if kind not in LLAMA_LIKE + ("gpt2",) or getattr(cfg, "is_encoder_decoder", False):
         return None
@@ -229,6 +233,8 @@ class Decoder:
     Rows with the same prompt (the G samples of a group) share one prefill: each distinct prompt runs once and
     its keys, values and logits are copied to its rows."""
 
+    share_prefill = True  # benchmarks/ablation.py switches it off to measure what it buys
+
     def __init__(self, lean: Lean, ids, mask, pos, max_new_tokens: int, head):
         self.lean, self.head = lean, head
         n, p = ids.shape
@@ -242,7 +248,7 @@ class Decoder:
         self.pos = pos[:, -1:] + 1                                            # [N, 1] next position
         self.length = p
         distinct, owner = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
-        if distinct.shape[0] == n:  # no prompt repeats: prefill straight into the cache
+        if distinct.shape[0] == n or not self.share_prefill:  # no prompt repeats: prefill straight into the cache
             prefill, owner = self.cache, None
         else:
             ids, mask, pos = distinct[:, :p], distinct[:, p:], position_ids(distinct[:, p:])
