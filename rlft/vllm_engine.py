@@ -75,7 +75,8 @@ class VLLMEngine:
         from vllm import SamplingParams, TokensPrompt
 
         eos = list(self.tok.rlft_eos_ids if eos_ids is None else eos_ids)
-        prompts = [TokensPrompt(prompt_token_ids=row[m.bool()].tolist()) for row, m in zip(prompt_ids, prompt_mask)]
+        prompts = [TokensPrompt(prompt_token_ids=[x for x, keep in zip(row, m) if keep])
+                   for row, m in zip(prompt_ids.tolist(), prompt_mask.tolist())]
         params = SamplingParams(n=1, temperature=temperature, top_k=top_k if top_k > 0 else -1, top_p=top_p,
                                 max_tokens=max_new_tokens, stop=list(stop) or None, stop_token_ids=eos or None,
                                 ignore_eos=not eos, logprobs=0)  # logprobs=0: the sampled token's only
@@ -98,39 +99,39 @@ class VLLMEngine:
         """Load the policy's current weights into vLLM's model, in place (its CUDA graphs stay valid)."""
         if self.sleeping:
             self.llm.wake_up(tags=["weights"])  # the weights first, so the KV cache is not held meanwhile
-        weights = policy_weights(model)
-        self.llm.apply_model(lambda vllm_model: vllm_model.load_weights(weights))
+        # in this process the model's load_weights reads the pairs as they are produced
+        self.llm.apply_model(lambda vllm_model: vllm_model.load_weights(policy_weights(model)))
         if self.sleeping:
             self.llm.wake_up(tags=["kv_cache"])
             self.sleeping = False
         self.llm.reset_prefix_cache()  # cached keys / values were computed with the old weights
 
 
-def policy_weights(model) -> list[tuple[str, torch.Tensor]]:
-    """The policy's weights under the names of its transformers checkpoint (what vLLM's ``load_weights`` reads).
+def policy_weights(model):
+    """The policy's weights as (name, tensor) pairs under the names of its transformers checkpoint (what vLLM's
+    ``load_weights`` reads), one at a time: the tensors themselves, no copies.
 
-    With LoRA: each adapted weight plus its adapters' delta, computed beside the model (merging into the
-    weights and unmerging again would leave rounding drift in bf16 base weights every step)."""
+    With LoRA: each adapted weight plus its adapters' delta, computed beside the model when it is reached, so only
+    one merged matrix exists at a time (merging into the weights and unmerging again would also leave rounding
+    drift in bf16 base weights every step)."""
     from .policy import is_lora, unwrap
 
     base = unwrap(model)
-    deltas = {}
-    with torch.no_grad():
-        if is_lora(model):
-            from peft.tuners.lora import LoraLayer
+    adapted = {}
+    if is_lora(model):
+        from peft.tuners.lora import LoraLayer
 
-            for name, mod in base.named_modules():
-                if isinstance(mod, LoraLayer):
-                    active = [a for a in mod.active_adapters if a in mod.lora_A or a in mod.lora_embedding_A]
-                    if active:
-                        deltas[f"{name}.weight"] = sum(mod.get_delta_weight(a) for a in active)
-        out = []
-        for name, t in base.state_dict().items():
-            if "lora_" in name or ".original_module." in name:
-                continue
-            name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name.replace(".base_layer.", "."))
-            out.append((name, t + deltas[name].to(t.dtype) if name in deltas else t))
-    return out
+        adapted = {f"{name}.weight": mod for name, mod in base.named_modules() if isinstance(mod, LoraLayer)}
+    for name, t in base.state_dict().items():
+        if "lora_" in name or ".original_module." in name:
+            continue
+        name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name.replace(".base_layer.", "."))
+        mod = adapted.get(name)
+        if mod is not None:
+            active = [a for a in mod.active_adapters if a in mod.lora_A or a in mod.lora_embedding_A]
+            with torch.no_grad():
+                t = t + sum(mod.get_delta_weight(a) for a in active).to(t.dtype) if active else t
+        yield name, t
 
 
 def to_rollout(tokenizer, prompt_ids, prompt_mask, seqs: list[list[int]], logps: list[list[float]],
