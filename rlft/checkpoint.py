@@ -46,15 +46,16 @@ def set_rng_state(s: dict, generator: torch.Generator | None) -> None:
 
 
 def save(out: Path, step: int, model, tokenizer, cfg, trainer_state: dict, keep: int = 0,
-         extra: dict[str, torch.nn.Module] | None = None, before_rename=None) -> Path:
-    """Write ``out/checkpoint-{step}`` atomically and prune to the newest ``keep`` (0 = keep all)."""
+         extra: dict[str, torch.nn.Module] | None = None, before_rename=None, state_dict: dict | None = None) -> Path:
+    """Write ``out/checkpoint-{step}`` atomically and prune to the newest ``keep`` (0 = keep all). ``state_dict``:
+    the model's full weights when the model itself holds shards (FSDP, rlft/fsdp.py)."""
     out = Path(out)
     final = out / f"checkpoint-{step}"
     tmp = out / f".tmp-checkpoint-{step}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     for name, module in (extra or {}).items():
         from safetensors.torch import save_file

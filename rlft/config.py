@@ -188,6 +188,12 @@ class TrainConfig:
     eval_max_prompts: int = opt(256, "At most this many eval prompts.")
     save_every: int = opt(0, "Checkpoint every this many steps (and at the end); 0 = only at the end.")
     keep_checkpoints: int = opt(2, "Keep the newest this many checkpoints; 0 = keep all.")
+    parallel: str = opt("ddp", "Under torchrun with more than one process: ddp (every rank holds the whole model; "
+                        "gradients summed in one all-reduce) or fsdp (FSDP2: parameters, gradients and optimizer state "
+                        "sharded over the ranks, for models that do not fit one device; docs/scaling.md).",
+                        ("ddp", "fsdp"))
+    fsdp_offload: bool = opt(False, "parallel fsdp: keep the parameter shards, gradients and optimizer state in host "
+                             "memory between uses (FSDP2 CPUOffloadPolicy; the optimizer step runs on the CPU).")
 
 
 @dataclass
@@ -290,6 +296,11 @@ class Config:
                               f"in (0, 1) (got {r.vllm_gpu_memory_utilization})")
         if not 0 <= a.gamma <= 1:
             raise ConfigError(f"algo.gamma must be in [0, 1] (got {a.gamma})")
+        unsharded = [k for k, on in [("model.lora.r > 0", self.model.lora.r > 0), ("sft.steps > 0", self.sft.steps > 0),
+                                      ("rollout.engine=vllm", r.engine == "vllm")] if on]
+        if self.train.parallel == "fsdp" and unsharded:  # each would need the whole model on one device
+            raise ConfigError(f"train.parallel=fsdp does not support {' or '.join(unsharded)}; change it or use "
+                              f"train.parallel=ddp")
         if self.data.eval_fraction and not 0 < self.data.eval_fraction < 1:
             raise ConfigError(f"data.eval_fraction must be in (0, 1) (got {self.data.eval_fraction})")
         for i, spec in enumerate(self.rewards.components):

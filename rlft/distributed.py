@@ -42,10 +42,13 @@ class Dist:
         return float(t)
 
     def all_reduce_grads(self, params) -> None:
-        """Sum gradients over ranks, flattened into one buffer per dtype and device (few messages)."""
+        """Sum gradients over ranks, flattened into one buffer per dtype and device (few messages). Sharded
+        gradients (FSDP's DTensors, rlft/fsdp.py) are already summed and left alone."""
         if not self.on:
             return
-        grads = [p.grad for p in params if p.grad is not None]
+        from .fsdp import is_sharded
+
+        grads = [p.grad for p in params if p.grad is not None and not is_sharded(p.grad)]
         buckets: dict = {}
         for g in grads:
             buckets.setdefault((g.dtype, g.device), []).append(g)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, ModelConfig
+from .fsdp import is_fsdp
 from .lean import lean, position_ids
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -204,6 +205,12 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
 
         return seq2seq_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature,
                             with_entropy=with_entropy, with_hidden=with_hidden, chunk_tokens=chunk_tokens)
+    if is_fsdp(model):  # sharded weights: only the root forward gathers them (rlft/fsdp.py)
+        from .fsdp import completion_logp as fsdp_logp
+
+        return fsdp_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature,
+                         with_entropy=with_entropy, with_hidden=with_hidden, chunk_tokens=chunk_tokens,
+                         entropy_grad=entropy_grad, owner=owner)
     p = prompt_ids.shape[1]
     n, t = completion_ids.shape
     backbone, head = output_head(model)

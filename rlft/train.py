@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from . import checkpoint, distributed, estimators
+from . import checkpoint, distributed, estimators, fsdp
 from .config import Config, ConfigError
 from .data import PromptStream, columns_of, load_splits
 from .log import NullLogger, RunLogger
@@ -196,6 +196,11 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
             ref = frozen_copy(model)
         else:
             ref = load_policy(_with_path(cfg, str(sft_dir) if sft_dir.exists() else cfg.model.path))[0].eval()
+    sharded = fsdp.enabled(cfg)
+    if sharded:  # train.parallel=fsdp: the policy and a frozen reference sharded over the ranks (rlft/fsdp.py)
+        model = fsdp.shard(model, cfg)
+        ref = fsdp.shard(ref.requires_grad_(False), cfg) if isinstance(ref, torch.nn.Module) else ref
+        device = fsdp.compute_device(cfg)
     a, r_cfg, o = cfg.algo, cfg.rollout, cfg.optim
     value_head = ValueHead(model.config.hidden_size).to(device) if a.estimator == "value" else None
     params = [p for p in model.parameters() if p.requires_grad] + \
@@ -209,7 +214,10 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
     start = 0
     if ckpt is not None:
         st = checkpoint.load_state(ckpt)
-        opt.load_state_dict(st["optimizer"])
+        if sharded:
+            fsdp.load_optimizer(model, opt, st["optimizer"], value_head)
+        else:
+            opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         stream.load_state(st["data"])
         est_state = st["estimator"]
@@ -230,26 +238,33 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
 
     def save(step: int):
         rngs = ctx.gather_objects(checkpoint.rng_state(gen))
+        weights, opt_state = fsdp.full_state(model, opt, value_head) if sharded else (None, opt.state_dict())
         if not ctx.is_main:
             return
-        state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        state = {"step": step, "optimizer": opt_state, "scheduler": sched.state_dict(),
                  "data": stream.state(), "estimator": est_state, "rng": rngs[0], "rng_ranks": rngs}
         merge = lora and cfg.model.lora.save_merged and step == cfg.train.steps
         path = checkpoint.save(out, step, model, tok, cfg, state, cfg.train.keep_checkpoints,
                                {"value_head": value_head} if value_head else None,
-                               before_rename=(lambda tmp: _save_merged(model, tok, tmp / "merged")) if merge else None)
+                               before_rename=(lambda tmp: _save_merged(model, tok, tmp / "merged")) if merge else None,
+                               state_dict=weights)
         logger.note(f"checkpoint {path}")
 
     def evaluate(step: int):
-        if eval_rows and ctx.is_main:
-            logger.eval(step, evaluate_greedy(model, tok, eval_rows, reward_fns, cfg, device))
+        if not eval_rows:
+            return
+        with fsdp.gathered(model):  # with FSDP every rank gathers the weights; rank 0 alone evaluates
+            if ctx.is_main:
+                logger.eval(step, evaluate_greedy(model, tok, eval_rows, reward_fns, cfg, device))
 
     if start == 0:
         evaluate(0)
     for step in range(start + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
         # 1-3. prompts, rollout, rewards (filter_groups samples again for groups with no signal)
-        batch, sample_s, filter_stats = collect(model, tok, stream, reward_fns, cfg, gen, step, device, ctx, engine)
+        with fsdp.gathered(model):  # with FSDP: full weights for sampling, no collective inside (rlft/fsdp.py)
+            batch, sample_s, filter_stats = collect(model, tok, stream, reward_fns, cfg, gen, step, device, ctx,
+                                                    engine)
         if engine is not None:
             engine.sleep()  # with rollout.vllm_sleep: vLLM's GPU memory is free during the update
         ro = batch.rollout
@@ -270,8 +285,9 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
             with torch.no_grad():
                 values = _values(model, value_head, ro, o.micro_batch_size, r_cfg.temperature, shared_group(cfg))
         if a.estimator == "remax":
-            greedy_rewards = _greedy_baseline(model, tok, batch.rows[::r_cfg.num_generations], reward_fns, cfg,
-                                              step, device)
+            with fsdp.gathered(model):
+                greedy_rewards = _greedy_baseline(model, tok, batch.rows[::r_cfg.num_generations], reward_fns, cfg,
+                                                  step, device)
         # over the global batch: each rank gathers every rank's groups, so batch statistics are global
         all_rewards, mine = ctx.gather_rows(token_rewards)
         gathered = [None if x is None else ctx.gather_rows(x)[0] for x in (values, greedy_rewards)]
@@ -374,7 +390,9 @@ def _save_merged(model, tok, path: Path) -> None:
 def _with_path(cfg: Config, path: str):
     from dataclasses import replace
 
-    return replace(cfg.model, path=path, tokenizer="" if path != cfg.model.path else cfg.model.tokenizer)
+    # FSDP: the full weights load into host memory; `fsdp.shard` moves only shards to the device
+    return replace(cfg.model, path=path, tokenizer="" if path != cfg.model.path else cfg.model.tokenizer,
+                   device="cpu" if fsdp.enabled(cfg) else cfg.model.device)
 
 
 # -------------------------------------------------------------------------------------- the pieces
@@ -574,6 +592,7 @@ def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, r
     # A sample whose advantage is 0 at every token adds exactly 0 to the gradient when nothing else is in the loss
     # (no KL or entropy term, no value head): it stays in the counts that normalise the loss but is not run.
     skip = a.entropy_coef == 0 and value_head is None and (ref_logp is None or a.kl_in != "loss" or a.kl_coef == 0)
+    skip = skip and not fsdp.is_fsdp(model)  # FSDP: every rank must run as many forward / backward passes
     signal = ((adv * loss_mask) != 0).any(-1).tolist()
     for _ in range(a.num_iterations):
         for m in range(a.mini_batches):
@@ -610,8 +629,7 @@ def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, r
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
             ctx.all_reduce_grads(params)  # sum of the ranks' shares = the global gradient
-            gn = torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf"))
-            grad_norms.append(float(gn))
+            grad_norms.append(fsdp.clip_grad_norm(params, o.max_grad_norm if o.max_grad_norm > 0 else float("inf")))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,184 @@
+"""Models that do not fit one device: FSDP2 (`fully_shard`) under torchrun, with ``train.parallel: fsdp``.
+
+Every decoder layer, then the whole model, is sharded over the ranks: each rank keeps 1/world of every
+parameter, gradient and optimizer state, and a layer's full weights exist only while it runs. The rest of
+rlft's data parallelism stays as in rlft/distributed.py (whole prompt groups per rank, global advantages,
+losses normalised by global counts), so FSDP must SUM the ranks' gradients, not average them: the divide
+factor is 1 and the reduction a plain sum (which gloo supports too).
+
+Three rules keep the ranks in lockstep (every FSDP collective must run on all ranks, in the same order):
+* the loss and the reference / old log-probs go through the root module's forward (`completion_logp` here),
+  so FSDP's hooks gather and free the weights; calling submodules directly (rlft/lean.py, the backbone
+  alone) would see sharded weights, and `lean()` returns None while they are sharded;
+* sampling runs inside `gathered(model)`: every rank all-gathers every layer once, samples with the full
+  weights and no collective at all (rows may finish at different steps on different ranks), then frees them;
+* every rank runs the same number of forward and backward passes (the update must not skip micro-batches).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError
+
+
+def enabled(cfg) -> bool:
+    """``train.parallel: fsdp`` in a process group of more than one rank (else rlft's replicated data parallelism)."""
+    d = torch.distributed
+    return cfg.train.parallel == "fsdp" and d.is_available() and d.is_initialized() and d.get_world_size() > 1
+
+
+def is_fsdp(module) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """A DTensor: a shard of a parameter or gradient that FSDP holds (only the root forward may use it)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def compute_device(cfg) -> torch.device:
+    """Where the sharded model computes (``model.device``); with ``fsdp_offload`` its shards live on the CPU."""
+    from .policy import pick_device
+
+    return pick_device(cfg.model.device)
+
+
+def shard(model, cfg):
+    """`fully_shard` each decoder layer, then the root, in place; returns the model.
+
+    The layers are the classes transformers names in ``_no_split_modules`` (what a layer-wise split must keep
+    whole). A frozen model (the KL reference) reshards its root after each forward too, since no backward
+    follows to free it."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
+
+    device = compute_device(cfg)
+    if model.config.is_encoder_decoder:
+        raise ConfigError("train.parallel=fsdp supports decoder-only models; use train.parallel=ddp for seq2seq")
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    kw = {"mesh": mesh}
+    if cfg.train.fsdp_offload:  # shards, gradients and optimizer state stay in host memory between uses
+        kw["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    for m in model.modules():
+        if type(m).__name__ in names:
+            fully_shard(m, reshard_after_forward=True, **kw)
+    frozen = not any(p.requires_grad for p in model.parameters())
+    fully_shard(model, reshard_after_forward=frozen, **kw)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)           # each rank's loss is its share of the global loss: sum
+            m.set_force_sum_reduction_for_comms(True)   # a plain SUM (no PREMUL_SUM, which gloo lacks)
+    return model
+
+
+@contextmanager
+def gathered(model):
+    """Full weights on every rank for the duration (one all-gather per layer, on every rank, in the same order);
+    inside, forward passes run no collective, so ranks may run different numbers of them. A no-op unless the
+    model is FSDP-sharded. Costs one full copy of the weights per rank while it lasts."""
+    if not is_fsdp(model):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in mods:
+        m.unshard()
+    model.set_reshard_after_forward(False)  # the root forward (transformers' decoding) keeps them gathered
+    try:
+        yield
+    finally:
+        model.set_reshard_after_forward(True)
+        model.set_reshard_after_forward(False, recurse=False)  # as `shard` left the policy's root
+        for m in mods:
+            m.reshard()  # local: frees the gathered weights
+
+
+def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float,
+                    with_entropy: bool, with_hidden: bool, chunk_tokens: int, entropy_grad: bool,
+                    owner: torch.Tensor | None = None):
+    """`policy.completion_logp` for an FSDP model: the root forward (so FSDP's hooks gather the weights), with
+    the logits of the T positions that predict the completion (``logits_to_keep=T+1`` keeps positions
+    P-1 .. P+T-1; the last predicts past the end). Those [N, T, V] logits exist in the model's dtype; the
+    log-softmax is float32 per chunk as in the unsharded path. Shared prompts (``owner``) are indexed out to
+    their rows."""
+    from .policy import TokenStats, position_ids
+
+    if owner is not None:
+        prompt_ids, prompt_mask = prompt_ids[owner], prompt_mask[owner]
+    p = prompt_ids.shape[1]
+    n, t = completion_ids.shape
+    ids = torch.cat([prompt_ids, completion_ids], 1)                      # [N, P+T]
+    mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
+                logits_to_keep=t + 1, output_hidden_states=with_hidden)
+    flat = out.logits[:, :t].reshape(n * t, -1)                           # [N*T, V]
+    flat_y = completion_ids.reshape(-1)
+    temp = temperature if temperature > 0 else 1.0
+    logps, ents = [], []
+    for s in range(0, n * t, chunk_tokens):
+        lsm = F.log_softmax(flat[s:s + chunk_tokens].float() / temp, -1)  # [chunk, V]
+        logps.append(lsm.gather(-1, flat_y[s:s + chunk_tokens, None]).squeeze(-1))
+        if with_entropy:
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                ents.append(-(lsm.exp() * lsm).sum(-1))
+    hidden = out.hidden_states[-1][:, p - 1:p - 1 + t] if with_hidden else None  # after the final norm: [N, T, H]
+    return TokenStats(torch.cat(logps).view(n, t), torch.cat(ents).view(n, t) if with_entropy else None, hidden)
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Clip the gradients to a total norm of ``max_norm`` (inf: no clipping); returns the norm before clipping.
+
+    Without sharded gradients this is `torch.nn.utils.clip_grad_norm_`. FSDP's are DTensors, and a replicated
+    value head's are plain tensors, which torch's function cannot mix: the norm of each kind is taken apart
+    (the sharded one summed over ranks) and combined."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if is_sharded(g)]
+    if not sharded:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    plain = [g for g in grads if not is_sharded(g)]
+    sq = float(torch.nn.utils.get_total_norm(sharded).full_tensor()) ** 2
+    if plain:
+        sq += float(torch.nn.utils.get_total_norm(plain)) ** 2
+    total = sq ** 0.5
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:  # as torch: scale by min(1, max_norm / (norm + 1e-6))
+        for g in grads:
+            g.mul_(coef)
+    return total
+
+
+def _owner(model, extra: torch.nn.Module | None):
+    """The module whose parameters the optimizer holds (the policy, with a value head beside it when there is one)."""
+    return model if extra is None else torch.nn.ModuleDict({"policy": model, "value_head": extra})
+
+
+def full_state(model, opt, extra: torch.nn.Module | None = None) -> tuple[dict, dict]:
+    """The full model and optimizer state dicts, on rank 0's CPU (other ranks get empty dicts). Every rank must
+    call it (the shards are gathered). The optimizer's is keyed by parameter name, so it does not depend on the
+    sharding."""
+    from torch.distributed.checkpoint import state_dict as dcp
+
+    options = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (dcp.get_model_state_dict(model, options=options),
+            dcp.get_optimizer_state_dict(_owner(model, extra), opt, options=options))
+
+
+def load_optimizer(model, opt, state: dict, extra: torch.nn.Module | None = None) -> None:
+    """Load a full optimizer state dict (`full_state`'s) into the sharded optimizer: each rank keeps its shard."""
+    from torch.distributed.checkpoint import state_dict as dcp
+
+    dcp.set_optimizer_state_dict(_owner(model, extra), opt, state, options=dcp.StateDictOptions(full_state_dict=True))

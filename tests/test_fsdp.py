@@ -1,0 +1,127 @@
+"""FSDP2 (train.parallel=fsdp) under torchrun on CPU with gloo: 2 sharded processes == 1 process, a killed and
+resumed sharded run == an uninterrupted one, checkpoints load with plain transformers, and sampling with gathered
+weights runs no collective (ranks may decode different numbers of steps without a deadlock)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import base_overrides
+from rlft.config import Config, ConfigError
+from rlft.train import train
+from test_scale import DP, KILL, _torchrun, mixed_data  # noqa: F401 (mixed_data is a fixture)
+
+pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch.distributed")
+
+
+def _sd(path):
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+def _metrics(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "loss/pg" in x]
+
+
+def test_fsdp_two_processes_equal_one_and_resume(tiny_model_dir, mixed_data, tmp_path):  # noqa: F811
+    """Greedy rollouts make the samples identical, so the sharded update alone is compared with one process (the
+    KL reference is sharded too; evaluation runs on rank 0 with gathered weights). The same run, killed after its
+    step-2 checkpoint and resumed -- with the shards, gradients and optimizer state offloaded this time -- ends
+    equal to it: the full optimizer state round-trips through the checkpoint."""
+    f = tmp_path / "kill.py"
+    f.write_text(KILL)
+    o = {**DP, "rewards": f"[{{fn: '{f}:reward'}}]", "train.steps": 4, "train.save_every": 2,
+         "train.parallel": "fsdp", "data.eval_fraction": 0.2, "train.eval_every": 2}
+    one, full, cut = tmp_path / "one", tmp_path / "full", tmp_path / "cut"
+    train(Config.load(None, base_overrides(tiny_model_dir, mixed_data, one, **o)))  # one process: no sharding
+    proc = _torchrun(base_overrides(tiny_model_dir, mixed_data, full, **o), full)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # (a) 2 sharded processes == 1 process
+    a, b, init = _sd(one / "checkpoint-4"), _sd(full / "checkpoint-4"), _sd(tiny_model_dir)
+    assert any(not torch.equal(a[k], init[k]) for k in a)
+    # The sharded run takes log-probs through transformers' forward, the single process through rlft/lean.py: the
+    # same function to ~1e-7, which Adam (lr 1e-2) turns into up to ~3e-4 on weights whose gradient is near 0.
+    # Adam does not see the gradient's scale, so the gradient norm checks that the ranks' shares are summed.
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-3, rtol=0, msg=k)
+    ma, mb = _metrics(one), _metrics(full)
+    assert [r["rollout/samples"] for r in mb] == [8, 8, 8, 8]
+    for x, y in zip(ma, mb):
+        assert y["reward/mean"] == pytest.approx(x["reward/mean"], abs=1e-6)
+        assert y["loss/pg"] == pytest.approx(x["loss/pg"], abs=1e-5)
+        assert y["kl/mean"] == pytest.approx(x["kl/mean"], abs=1e-5)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4)
+    evals = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines() if "eval/reward" in x]
+    assert len(evals) == 3  # steps 0, 2 and the end
+    # (c) a plain transformers folder (the class name is not FSDP's wrapper) with the full optimizer state
+    assert json.loads((full / "checkpoint-4" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    state = torch.load(full / "checkpoint-4" / "trainer_state.pt", weights_only=False)
+    names = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())  # tied ones once
+    assert set(state["optimizer"]["state"]) == set(names)  # keyed by parameter name, every parameter whole
+    assert all(v["exp_avg"].shape == names[k].shape for k, v in state["optimizer"]["state"].items())
+    # (b) killed after the step-2 checkpoint, resumed (with offload): equal to the uninterrupted run
+    off = base_overrides(tiny_model_dir, mixed_data, cut, **o, **{"train.fsdp_offload": True})
+    proc = _torchrun(off, cut, env={"RLFT_KILL_AT": "3"})
+    assert proc.returncode != 0 and (cut / "checkpoint-2").exists() and not (cut / "checkpoint-4").exists()
+    proc = _torchrun(off + ["--resume", str(cut)], cut)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    c = _sd(cut / "checkpoint-4")
+    for k in b:
+        torch.testing.assert_close(c[k], b[k], atol=1e-6, rtol=0, msg=k)
+
+
+LOCKSTEP = '''
+import datetime, sys
+import torch
+from rlft import fsdp
+from rlft.config import Config
+from rlft.lean import lean
+from rlft.policy import completion_logp, left_pad
+from rlft.rollout import _Transformers, sample
+from rlft.tiny import byte_tokenizer, tiny_causal_lm
+
+torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+rank = torch.distributed.get_rank()
+tok = byte_tokenizer()
+tok.pad_token = tok.eos_token
+tok.rlft_eos_ids = [tok.eos_token_id]
+model = fsdp.shard(tiny_causal_lm(tok, hidden=32, layers=2, heads=2, max_positions=128, seed=0),
+                   Config.load(None, ["train.parallel=fsdp"]))
+assert lean(model) is None  # sharded: its own forward would bypass FSDP's gathering
+ids, mask = left_pad([[5, 6, 7]] * (1 + 2 * rank), tok.pad_token_id)
+with fsdp.gathered(model):  # different batch sizes and step counts per rank, through both decoders
+    assert lean(model) is not None
+    ro = sample(model, tok, ids, mask, max_new_tokens=3 + 9 * rank, temperature=1.0,
+                generator=torch.Generator().manual_seed(rank))
+    with torch.inference_mode():
+        dec = _Transformers(model, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), 8)
+        for t in range(2 + 5 * rank):
+            dec.step(torch.full((ids.shape[0],), 9 + t))
+assert lean(model) is None and ro.completion_ids.shape[1] == 3 + 9 * rank
+logp = completion_logp(model, ids, mask, ro.completion_ids, ro.completion_mask).logp  # a sharded forward
+(logp * ro.completion_mask).sum().backward()
+assert all(p.grad is not None for p in model.parameters())
+print("lockstep ok", rank)
+'''
+
+
+def test_fsdp_sampling_with_gathered_weights_cannot_deadlock(tmp_path):
+    """Inside `fsdp.gathered` the ranks decode different batches for different numbers of steps, with rlft's
+    sampler and with transformers' forward (FSDP's hooks fire there): no collective may run, else the sharded
+    forward and backward after it would pair with a stray one and fail (gloo times out after 60 s)."""
+    script = tmp_path / "lockstep.py"
+    script.write_text(LOCKSTEP)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("lockstep ok") == 2
+
+
+@pytest.mark.parametrize("key", ["model.lora.r=4", "sft.steps=5"])
+def test_fsdp_refuses_what_needs_the_whole_model_on_one_device(key):
+    with pytest.raises(ConfigError, match="train.parallel=fsdp does not support"):
+        Config.load(None, ["train.parallel=fsdp", key])
