@@ -4,7 +4,8 @@ Data parallelism is explicit: every rank holds the full model, samples and score
 batch, computes advantages over the gathered global batch (so batch statistics are global), normalises its
 loss by the global token / sequence counts, and sums gradients across ranks before each optimizer step.
 The sum of the ranks' gradients is then exactly the gradient of the one-process loss over the global batch.
-With one process every call here is the identity.
+With one process every call here is the identity. With ``train.parallel: fsdp`` the model is sharded instead of
+replicated (rlft/fsdp.py); the rest stays as here.
 """
 
 from __future__ import annotations
