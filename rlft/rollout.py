@@ -222,7 +222,8 @@ def hf_generate(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: in
     with torch.inference_mode():
         kw = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, eos_token_id=eos,
                   pad_token_id=tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True,
-                  stop_strings=list(stop) or None, tokenizer=tokenizer if stop else None)
+                  stop_strings=list(stop) or None, tokenizer=tokenizer if stop else None,
+                  synced_gpus=False)  # an FSDP model samples with gathered weights (rlft/fsdp.py): no per-step sync
         if temperature > 0:
             kw.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kw)

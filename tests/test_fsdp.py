@@ -86,7 +86,7 @@ from rlft import fsdp
 from rlft.config import Config
 from rlft.lean import lean
 from rlft.policy import completion_logp, left_pad
-from rlft.rollout import _Transformers, sample
+from rlft.rollout import _Transformers, hf_generate, sample
 from rlft.tiny import byte_tokenizer, tiny_causal_lm
 
 torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
@@ -106,6 +106,8 @@ with fsdp.gathered(model):  # different batch sizes and step counts per rank, th
         dec = _Transformers(model, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), 8)
         for t in range(2 + 5 * rank):
             dec.step(torch.full((ids.shape[0],), 9 + t))
+    if rank == 0:  # as evaluation does: rank 0 alone, through transformers' generate
+        hf_generate(model, tok, ids, mask, max_new_tokens=4, temperature=0.0)
 assert lean(model) is None and ro.completion_ids.shape[1] == 3 + 9 * rank
 logp = completion_logp(model, ids, mask, ro.completion_ids, ro.completion_mask).logp  # a sharded forward
 (logp * ro.completion_mask).sum().backward()
@@ -116,8 +118,9 @@ print("lockstep ok", rank)
 
 def test_fsdp_sampling_with_gathered_weights_cannot_deadlock(tmp_path):
     """Inside `fsdp.gathered` the ranks decode different batches for different numbers of steps, with rlft's
-    sampler and with transformers' forward (FSDP's hooks fire there): no collective may run, else the sharded
-    forward and backward after it would pair with a stray one and fail (gloo times out after 60 s)."""
+    sampler, with transformers' forward (FSDP's hooks fire there) and, on rank 0 alone, with transformers'
+    generate: no collective may run, else the sharded forward and backward after it would pair with a stray one
+    and fail (gloo times out after 60 s)."""
     script = tmp_path / "lockstep.py"
     script.write_text(LOCKSTEP)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
