@@ -1,4 +1,4 @@
-"""Models that do not fit one device: FSDP2 (`fully_shard`) under torchrun, with ``train.parallel: fsdp``.
+"""Training state that does not fit one device: FSDP2 (`fully_shard`) under torchrun, ``train.parallel: fsdp``.
 
 Every decoder layer, then the whole model, is sharded over the ranks: each rank keeps 1/world of every
 parameter, gradient and optimizer state, and a layer's full weights exist only while it runs. The rest of
@@ -11,7 +11,8 @@ Three rules keep the ranks in lockstep (every FSDP collective must run on all ra
   so FSDP's hooks gather and free the weights; calling submodules directly (rlft/lean.py, the backbone
   alone) would see sharded weights, and `lean()` returns None while they are sharded;
 * sampling runs inside `gathered(model)`: every rank all-gathers every layer once, samples with the full
-  weights and no collective at all (rows may finish at different steps on different ranks), then frees them;
+  weights and no collective at all (rows may finish at different steps on different ranks; transformers'
+  generate is told not to sync), then frees them -- so the full weights must fit one device while it samples;
 * every rank runs the same number of forward and backward passes (the update must not skip micro-batches).
 """
 
