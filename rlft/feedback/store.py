@@ -136,13 +136,27 @@ class Store:
                                 check_same_thread=False)
             c.row_factory = sqlite3.Row
             c.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            c.execute("PRAGMA journal_mode = WAL")
+            self._wal(c)
             c.execute("PRAGMA synchronous = FULL")
             c.execute("PRAGMA foreign_keys = ON")
             self._local.conn = c
             with self._lock:
                 self._conns.append(c)
         return c
+
+    def _wal(self, c: sqlite3.Connection) -> None:
+        """Switch the file to WAL. On a new file, connections opening at once race for the exclusive lock the
+        switch needs, and SQLite answers 'database is locked' at once instead of waiting on the busy timeout:
+        retry until the busy timeout (once the file is in WAL mode this is a no-op)."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                c.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         with self._lock:
