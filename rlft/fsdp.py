@@ -21,7 +21,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
 from .config import ConfigError
 
@@ -116,7 +115,7 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
     P-1 .. P+T-1; the last predicts past the end). Those [N, T, V] logits exist in the model's dtype; the
     log-softmax is float32 per chunk as in the unsharded path. Shared prompts (``owner``) are indexed out to
     their rows."""
-    from .policy import TokenStats, position_ids
+    from .policy import TokenStats, position_ids, token_logps
 
     if owner is not None:
         prompt_ids, prompt_mask = prompt_ids[owner], prompt_mask[owner]
@@ -127,17 +126,10 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
                 logits_to_keep=t + 1, output_hidden_states=with_hidden)
     flat = out.logits[:, :t].reshape(n * t, -1)                           # [N*T, V]
-    flat_y = completion_ids.reshape(-1)
-    temp = temperature if temperature > 0 else 1.0
-    logps, ents = [], []
-    for s in range(0, n * t, chunk_tokens):
-        lsm = F.log_softmax(flat[s:s + chunk_tokens].float() / temp, -1)  # [chunk, V]
-        logps.append(lsm.gather(-1, flat_y[s:s + chunk_tokens, None]).squeeze(-1))
-        if with_entropy:
-            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                ents.append(-(lsm.exp() * lsm).sum(-1))
+    logp, entropy = token_logps(lambda a, b: flat[a:b], completion_ids, temperature=temperature,
+                                with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_tokens=chunk_tokens)
     hidden = out.hidden_states[-1][:, p - 1:p - 1 + t] if with_hidden else None  # after the final norm: [N, T, H]
-    return TokenStats(torch.cat(logps).view(n, t), torch.cat(ents).view(n, t) if with_entropy else None, hidden)
+    return TokenStats(logp, entropy, hidden)
 
 
 def clip_grad_norm(params, max_norm: float) -> float:

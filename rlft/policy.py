@@ -227,19 +227,30 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
                          use_cache=False).last_hidden_state               # [N, P+T, H]
         h = h[:, p - 1:p - 1 + t]                                          # states s_t predicting a_t: [N, T, H]
     flat_h = h.reshape(n * t, -1)
-    flat_y = completion_ids.reshape(-1)
-    logps, ents = [], []
+    logp, entropy = token_logps(lambda a, b: head(flat_h[a:b]), completion_ids, temperature=temperature,
+                                with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_tokens=chunk_tokens)
+    return TokenStats(logp, entropy, h if with_hidden else None)
+
+
+def token_logps(logits_of, tokens: torch.Tensor, *, temperature: float, with_entropy: bool, entropy_grad: bool = True,
+                chunk_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [N, T] of ``tokens`` and, when asked, the entropies, from ``logits_of(a, b)``: the logits
+    [b - a, V] of flat positions a..b-1 (row-major over [N, T]). Computed ``chunk_tokens`` positions at a time,
+    the log-softmax in float32 per chunk, so no float32 [N*T, V] tensor exists at once."""
+    n, t = tokens.shape
+    flat_y = tokens.reshape(-1)
     temp = temperature if temperature > 0 else 1.0
+    logps, ents = [], []
     for s in range(0, n * t, chunk_tokens):
-        logits = head(flat_h[s:s + chunk_tokens]).float() / temp           # [chunk, V]
-        lsm = F.log_softmax(logits, -1)
+        lsm = F.log_softmax(logits_of(s, s + chunk_tokens).float() / temp, -1)      # [chunk, V]
         logps.append(lsm.gather(-1, flat_y[s:s + chunk_tokens, None]).squeeze(-1))
         if with_entropy:
             with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
                 ents.append(-(lsm.exp() * lsm).sum(-1))
-    logp = torch.cat(logps).view(n, t)
-    entropy = torch.cat(ents).view(n, t) if with_entropy else None
-    return TokenStats(logp, entropy, h if with_hidden else None)
+    if not logps:  # no positions (T = 0)
+        zeros = torch.zeros((n, t), device=tokens.device)
+        return zeros, (zeros if with_entropy else None)
+    return torch.cat(logps).view(n, t), (torch.cat(ents).view(n, t) if with_entropy else None)
 
 
 def frozen_copy(model):

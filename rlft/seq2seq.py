@@ -27,7 +27,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .config import ConfigError, ModelConfig
 
@@ -116,7 +115,7 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
     encoder pass per distinct prompt, one decoder pass over prefix + completion. The log-softmax runs in
     float32, ``chunk_tokens`` positions at a time (the model's own head gives the logits: T5's scaling and
     BART's final bias included)."""
-    from .policy import TokenStats
+    from .policy import TokenStats, token_logps
 
     n, t = completion_ids.shape
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -128,16 +127,8 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
                 output_hidden_states=with_hidden)
     logits = out.logits[:, k - 1:]                                                        # [N, T, V]: a_t given s_t
     flat = logits.reshape(n * t, -1)
-    flat_y = completion_ids.reshape(-1)
-    temp = temperature if temperature > 0 else 1.0
-    logps, ents = [], []
-    for s in range(0, n * t, chunk_tokens):
-        lsm = F.log_softmax(flat[s:s + chunk_tokens].float() / temp, -1)                 # [chunk, V]
-        logps.append(lsm.gather(-1, flat_y[s:s + chunk_tokens, None]).squeeze(-1))
-        if with_entropy:
-            ents.append(-(lsm.exp() * lsm).sum(-1))
-    logp = torch.cat(logps).view(n, t) if logps else logits.new_zeros((n, t), dtype=torch.float32)
-    entropy = (torch.cat(ents).view(n, t) if ents else torch.zeros_like(logp)) if with_entropy else None
+    logp, entropy = token_logps(lambda a, b: flat[a:b], completion_ids, temperature=temperature,
+                                with_entropy=with_entropy, chunk_tokens=chunk_tokens)
     hidden = out.decoder_hidden_states[-1][:, k - 1:] if with_hidden else None            # [N, T, H]
     return TokenStats(logp, entropy, hidden)
 
