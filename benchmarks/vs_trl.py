@@ -11,7 +11,7 @@ report gives medians and the ratio rlft / TRL of:
 * peak resident memory: the child's ru_maxrss, from os.wait4 (imports, model, optimizer, activations);
 * reward after N samples: the mean reward of the last quarter of the steps' samples (same N on both sides).
 
-    python benchmarks/vs_trl.py            # the full grid, ~15 min on 2 cores
+    python benchmarks/vs_trl.py            # the full grid (short and long prompts), ~25 min on 2 cores
     python benchmarks/vs_trl.py --quick    # a smaller grid, ~3 min
 
 Writes benchmarks/results/vs_trl.{json,md,png}. Needs the `bench` extra (trl, matplotlib).
