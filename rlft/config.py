@@ -194,6 +194,11 @@ class TrainConfig:
                         ("ddp", "fsdp"))
     fsdp_offload: bool = opt(False, "parallel fsdp: keep the parameter shards, gradients and optimizer state in host "
                              "memory between uses (FSDP2 CPUOffloadPolicy; the optimizer step runs on the CPU).")
+    fsdp_sampling: str = opt("gathered", "parallel fsdp: gathered (every rank all-gathers the full weights once per "
+                             "rollout and samples with no collective: fast, but the full weights must fit one device) "
+                             "or sharded (the weights stay sharded: each decoding step all-gathers one layer at a time "
+                             "and the ranks decode in lockstep, for models whose weights do not fit one device).",
+                             ("gathered", "sharded"))
 
 
 @dataclass
@@ -298,6 +303,9 @@ class Config:
             raise ConfigError(f"algo.gamma must be in [0, 1] (got {a.gamma})")
         unsharded = [k for k, on in [("model.lora.r > 0", self.model.lora.r > 0), ("sft.steps > 0", self.sft.steps > 0),
                                       ("rollout.engine=vllm", r.engine == "vllm")] if on]
+        if self.train.fsdp_sampling == "sharded" and self.algo.filter_groups:  # ranks would sample unequal rounds
+            raise ConfigError("train.fsdp_sampling=sharded does not support algo.filter_groups (every rank must sample "
+                              "in lockstep); use train.fsdp_sampling=gathered or turn filter_groups off")
         if self.train.parallel == "fsdp" and unsharded:  # each would need the whole model on one device
             raise ConfigError(f"train.parallel=fsdp does not support {' or '.join(unsharded)}; change it or use "
                               f"train.parallel=ddp")

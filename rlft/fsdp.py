@@ -85,11 +85,12 @@ def shard(model, cfg):
 
 
 @contextmanager
-def gathered(model):
+def gathered(model, cfg=None):
     """Full weights on every rank for the duration (one all-gather per layer, on every rank, in the same order);
     inside, forward passes run no collective, so ranks may run different numbers of them. A no-op unless the
-    model is FSDP-sharded. Costs one full copy of the weights per rank while it lasts."""
-    if not is_fsdp(model):
+    model is FSDP-sharded, and with ``train.fsdp_sampling: sharded`` (then the sampler runs in `lockstep`).
+    Costs one full copy of the weights per rank while it lasts."""
+    if not is_fsdp(model) or sharded_sampling(model, cfg):
         yield
         return
     from torch.distributed.fsdp import FSDPModule
@@ -105,6 +106,27 @@ def gathered(model):
         model.set_reshard_after_forward(False, recurse=False)  # as `shard` left the policy's root
         for m in mods:
             m.reshard()  # local: frees the gathered weights
+
+
+def sharded_sampling(model, cfg) -> bool:
+    """``train.fsdp_sampling: sharded`` on a sharded model: sampling runs with the weights sharded."""
+    return cfg is not None and cfg.train.fsdp_sampling == "sharded" and is_fsdp(model)
+
+
+def lockstep(model, cfg):
+    """With sharded sampling, every decoding step's forward all-gathers the layers on every rank, so all ranks must
+    run the same number of steps: the sampler asks this function, at each of its host syncs, whether any rank still
+    has a running row (one all-reduce). None otherwise (each rank stops when its own rows are done)."""
+    if not sharded_sampling(model, cfg):
+        return None
+    device = compute_device(cfg)
+
+    def any_live(live: bool) -> bool:
+        flag = torch.tensor([1.0 if live else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    return any_live
 
 
 def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float,

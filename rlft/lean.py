@@ -31,7 +31,9 @@ def lean(model, length: int = 0) -> Lean | None:
 
     m = unwrap(model)
     cfg = m.config
-    if is_sharded(next(m.parameters())):  # FSDP shards: only the root forward gathers them (rlft/fsdp.py)
+    # FSDP shards: only the root forward gathers them (rlft/fsdp.py). Any parameter: the root's own stay gathered
+    # between its forward and backward while the layers' are sharded again.
+    if any(is_sharded(p) for p in m.parameters()):
         return None
     kind = getattr(cfg, "model_type", None)
     if kind not in LLAMA_LIKE + ("gpt2",) or getattr(cfg, "is_encoder_decoder", False):

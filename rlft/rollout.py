@@ -71,12 +71,14 @@ def sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     """Sample one completion per row of ``prompt_ids`` ([N, P], left-padded). Temperature 0 is greedy.
 
     Keywords: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``stop`` (strings), ``eos_ids``
-    (default: the model's full list), ``generator`` (a seeded torch.Generator makes it reproducible)."""
+    (default: the model's full list), ``generator`` (a seeded torch.Generator makes it reproducible),
+    ``lockstep`` (FSDP with sharded weights: `rlft.fsdp.lockstep`, so every rank decodes as many steps)."""
     if model.config.is_encoder_decoder:  # prompt_ids are the encoder inputs: rlft/seq2seq.py
         from .seq2seq import sample as seq2seq_sample
 
         return seq2seq_sample(model, tokenizer, prompt_ids, prompt_mask, **kw)
-    with torch.inference_mode():
+    # FSDP's hooks keep the gathered weights between passes: they must not be inference tensors
+    with torch.no_grad() if kw.get("lockstep") else torch.inference_mode():
         r = _sample(model, tokenizer, prompt_ids, prompt_mask, **kw)
     # inference tensors cannot enter autograd later; the copy is O(N*T), negligible next to sampling
     return replace(r, completion_ids=r.completion_ids.clone(), completion_mask=r.completion_mask.clone(),
@@ -97,7 +99,7 @@ def _buffers(tokenizer, n: int, max_new_tokens: int, eos_ids, device):
 def _sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop: list[str] | tuple = (),
             eos_ids: list[int] | None = None, generator: torch.Generator | None = None,
-            sync_every: int = 8) -> Rollout:
+            sync_every: int = 8, lockstep=None) -> Rollout:
     n = prompt_ids.shape[0]
     device = prompt_ids.device
     pad, eos, tokens, logps, done, stop_len = _buffers(tokenizer, n, max_new_tokens, eos_ids, device)
@@ -127,9 +129,12 @@ def _sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
             break
         if (t + 1) % sync_every == 0:  # the only host sync: stop when all have finished, drop finished rows
             live = (~done).nonzero().squeeze(-1)
-            if live.numel() == 0:
+            running = live.numel() > 0
+            if lockstep is not None:  # sharded FSDP weights: go on while any rank has a running row
+                running = lockstep(running)
+            if not running:
                 break
-            if dec.keep is not None and live.numel() <= 0.75 * (n if rows is None else rows.numel()):
+            if dec.keep is not None and 0 < live.numel() <= 0.75 * (n if rows is None else rows.numel()):
                 keep = live if rows is None else torch.searchsorted(rows, live)  # positions in the current batch
                 dec.keep(keep)
                 tok, rows = tok[keep], live
@@ -211,19 +216,21 @@ def _strip_stop(text: str, stop) -> str:
 
 
 def hf_generate(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, temperature: float = 1.0,
-                top_k: int = 0, top_p: float = 1.0, stop=(), generator=None) -> Rollout:
-    """The `transformers.generate` fallback (rollout.engine: hf), returning the same `Rollout`."""
+                top_k: int = 0, top_p: float = 1.0, stop=(), generator=None, lockstep=None) -> Rollout:
+    """The `transformers.generate` fallback (rollout.engine: hf), returning the same `Rollout`. ``lockstep``:
+    FSDP with sharded weights, where generate must sync the ranks every step (`synced_gpus`)."""
     if model.config.is_encoder_decoder:
         from .seq2seq import hf_generate as seq2seq_generate
 
         return seq2seq_generate(model, tokenizer, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_k=top_k, top_p=top_p, stop=stop, generator=generator)
     eos = tokenizer.rlft_eos_ids
-    with torch.inference_mode():
+    with torch.no_grad() if lockstep else torch.inference_mode():  # (no inference tensors in FSDP's hooks)
+        # with FSDP, gathered weights need no per-step sync (rlft/fsdp.py); sharded ones do
         kw = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, eos_token_id=eos,
                   pad_token_id=tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True,
                   stop_strings=list(stop) or None, tokenizer=tokenizer if stop else None,
-                  synced_gpus=False)  # an FSDP model samples with gathered weights (rlft/fsdp.py): no per-step sync
+                  synced_gpus=lockstep is not None)
         if temperature > 0:
             kw.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kw)
@@ -241,7 +248,7 @@ def from_generated(model, tokenizer, prompt_ids, prompt_mask, tokens, eos, stop,
     first = torch.where(is_eos.any(-1), is_eos.float().argmax(-1) + 1, torch.full((n,), t, device=tokens.device))
     mask = (torch.arange(t, device=tokens.device)[None] < first[:, None]).long()
     tokens = torch.where(mask.bool(), tokens, tokenizer.pad_token_id)
-    with torch.inference_mode():
+    with torch.no_grad():
         logp = completion_logp(model, prompt_ids, prompt_mask, tokens, mask, temperature=temperature).logp * mask
     finish = ["eos" if is_eos[i].any() else "length" for i in range(n)]
     texts = tokenizer.batch_decode([row[:m] for row, m in zip(tokens.tolist(), first.tolist())],

@@ -253,16 +253,18 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
     def evaluate(step: int):
         if not eval_rows:
             return
-        with fsdp.gathered(model):  # with FSDP every rank gathers the weights; rank 0 alone evaluates
-            if ctx.is_main:
-                logger.eval(step, evaluate_greedy(model, tok, eval_rows, reward_fns, cfg, device))
+        with fsdp.gathered(model, cfg):  # with FSDP every rank gathers the weights; rank 0 alone evaluates,
+            if ctx.is_main or fsdp.sharded_sampling(model, cfg):  # or all in lockstep with sharded weights
+                res = evaluate_greedy(model, tok, eval_rows, reward_fns, cfg, device)
+                if ctx.is_main:
+                    logger.eval(step, res)
 
     if start == 0:
         evaluate(0)
     for step in range(start + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
         # 1-3. prompts, rollout, rewards (filter_groups samples again for groups with no signal)
-        with fsdp.gathered(model):  # with FSDP: full weights for sampling, no collective inside (rlft/fsdp.py)
+        with fsdp.gathered(model, cfg):  # FSDP: full weights for sampling, no collective inside (rlft/fsdp.py)
             batch, sample_s, filter_stats = collect(model, tok, stream, reward_fns, cfg, gen, step, device, ctx,
                                                     engine)
         if engine is not None:
@@ -285,7 +287,7 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
             with torch.no_grad():
                 values = _values(model, value_head, ro, o.micro_batch_size, r_cfg.temperature, shared_group(cfg))
         if a.estimator == "remax":
-            with fsdp.gathered(model):
+            with fsdp.gathered(model, cfg):
                 greedy_rewards = _greedy_baseline(model, tok, batch.rows[::r_cfg.num_generations], reward_fns, cfg,
                                                   step, device)
         # over the global batch: each rank gathers every rank's groups, so batch statistics are global
@@ -406,6 +408,9 @@ def generate(model, tok, rows: list[dict], cfg: Config, gen, device, greedy: boo
           "top_p": r.top_p, "stop": r.stop, "generator": gen}
     if engine is not None:
         return engine.generate(ids, mask, **kw)
+    lock = fsdp.lockstep(model, cfg)
+    if lock is not None:  # FSDP with sharded weights: every rank decodes as many steps
+        kw["lockstep"] = lock
     fn = hf_generate if r.engine == "hf" else sample
     model.eval()
     return fn(model, tok, ids, mask, **kw)

@@ -134,3 +134,37 @@ def test_fsdp_sampling_with_gathered_weights_cannot_deadlock(tmp_path):
 def test_fsdp_refuses_what_needs_the_whole_model_on_one_device(key):
     with pytest.raises(ConfigError, match="train.parallel=fsdp does not support"):
         Config.load(None, ["train.parallel=fsdp", key])
+
+
+def test_fsdp_sharded_sampling_decodes_in_lockstep(tiny_model_dir, tmp_path, monkeypatch):
+    """train.fsdp_sampling=sharded: the weights stay sharded while sampling, so every decoding step all-gathers
+    the layers and both ranks must run as many steps. Rank 0's prompts end in '!' and stop at '!!' after 2
+    tokens; rank 1's run all 20: without the lockstep rank 0 would leave the loop at its first host sync and the
+    ranks' collectives would pair up wrongly (a hang, or a failed forward). Greedy evaluation runs on both ranks.
+    The result equals one unsharded process whose forward passes also go through transformers."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "reference": "x"}) + "\n" for p in ["a!", "b!", "cd", "ef"]))
+    o = {**DP, "rollout.max_new_tokens": 20, "rollout.stop": "['!!']", "data.shuffle": False, "data.eval": str(data),
+         "train.eval_every": 2, "train.parallel": "fsdp", "train.fsdp_sampling": "sharded", "train.save_every": 0}
+    one, two = tmp_path / "one", tmp_path / "two"
+    with monkeypatch.context() as m:
+        m.setattr("rlft.policy.lean", lambda *a, **k: None)
+        m.setattr("rlft.rollout.lean", lambda *a, **k: None)
+        train(Config.load(None, base_overrides(tiny_model_dir, data, one, **o)))
+    proc = _torchrun(base_overrides(tiny_model_dir, data, two, **o), two)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a, b = _sd(one / "checkpoint-3"), _sd(two / "checkpoint-3")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4, msg=k)
+    ma, mb = _metrics(one), _metrics(two)
+    assert mb[0]["rollout/truncated_frac"] == 0.5  # step 1: rank 0's rows stop early, rank 1's run to the end
+    for x, y in zip(ma, mb):
+        assert y["rollout/truncated_frac"] == x["rollout/truncated_frac"]
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-5)
+    evals = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines() if "eval/reward" in x]
+    assert len(evals) == 3  # steps 0, 2 and the end
+
+
+def test_fsdp_sharded_sampling_refuses_filter_groups():
+    with pytest.raises(ConfigError, match="fsdp_sampling=sharded does not support algo.filter_groups"):
+        Config.load(None, ["train.parallel=fsdp", "train.fsdp_sampling=sharded", "algo.filter_groups=true"])
