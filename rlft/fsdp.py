@@ -13,6 +13,8 @@ Three rules keep the ranks in lockstep (every FSDP collective must run on all ra
 * sampling runs inside `gathered(model)`: every rank all-gathers every layer once, samples with the full
   weights and no collective at all (rows may finish at different steps on different ranks; transformers'
   generate is told not to sync), then frees them -- so the full weights must fit one device while it samples;
+  with ``train.fsdp_sampling: sharded`` they stay sharded instead, every decoding step gathers one layer at a
+  time, and the ranks decode in `lockstep` (the same number of steps on every rank);
 * every rank runs the same number of forward and backward passes (the update must not skip micro-batches).
 """
 
