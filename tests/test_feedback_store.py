@@ -216,7 +216,7 @@ def test_killed_writer_loses_nothing_committed(tmp_path):
 
 def test_many_connections_opening_a_new_database_at_once(tmp_path):
     """The first opens of a new file race to switch it to WAL; SQLite answers 'database is locked' at once for
-    that (no busy wait), which failed about one first open in ten with six threads before the retry."""
+    that (no busy wait): before the retry, about one trial in ten (six threads opening at once) failed."""
     errors = []
     for trial in range(20):
         db = tmp_path / f"f{trial}.sqlite"
