@@ -639,7 +639,9 @@ def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, r
             sched.step()
             opt.zero_grad(set_to_none=True)
     k = a.num_iterations * a.mini_batches
-    sums = {key: ctx.sum(v) for key, v in sorted(sums.items())}
+    # every rank sums the same keys (a rank that skipped every sample has none), or the all-reduces would pair up
+    keys = sorted(set().union(*ctx.gather_objects(sorted(sums)))) if ctx.on else sorted(sums)
+    sums = {key: ctx.sum(sums.get(key, 0.0)) for key in keys}
     out = {"loss/pg": sums.get("pg", 0.0) / k, "loss/kl": sums.get("kl", 0.0) / k,
            "loss/entropy": sums.get("entropy", 0.0) / k, "clip_frac": sums.get("clip_frac", 0.0) / k,
            "grad_norm": sum(grad_norms) / len(grad_norms)}

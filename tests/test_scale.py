@@ -121,3 +121,35 @@ def test_killed_and_resumed_two_process_run_equals_uninterrupted(tiny_model_dir,
     a, b = _sd(full / "checkpoint-4"), _sd(cut / "checkpoint-4")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+
+
+BY_PROMPT = '''
+def reward(prompts, completions, **kw):
+    return [{"a!": 0.0, "b!": 2.0, "cd": 1.0, "ef": 1.0}[p] for p in prompts]
+'''
+
+
+def test_two_processes_equal_one_when_a_rank_has_no_signal(tiny_model_dir, tmp_path):
+    """Zero-advantage samples are not run. Rewards 0 and 2 on rank 0's prompts, 1 and 1 on rank 1's: with the
+    batch-mean baseline (1) every advantage of rank 1 is exactly 0, so rank 1 runs no sample at all, yet takes
+    part in every all-reduce (its gradient is zero; the loss statistics sum over the same keys): 2 processes
+    finish, equal to 1."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "reference": "x"}) + "\n" for p in ["a!", "b!", "cd", "ef"]))
+    f = tmp_path / "r.py"
+    f.write_text(BY_PROMPT)
+    o = {**DP, "rollout.num_generations": 1, "algo.kl_coef": 0.0, "data.shuffle": False, "train.save_every": 0,
+         "rewards": f"[{{fn: '{f}:reward'}}]"}
+    one = train(Config.load(None, base_overrides(tiny_model_dir, data, tmp_path / "one", **o)))
+    two = tmp_path / "two"
+    proc = _torchrun(base_overrides(tiny_model_dir, data, two, **o), two)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a, b = _sd(one / "checkpoint-3"), _sd(two / "checkpoint-3")
+    assert any(not torch.equal(a[k], _sd(tiny_model_dir)[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4, msg=k)
+    ma = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines() if "loss/pg" in x]
+    mb = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines() if "loss/pg" in x]
+    for x, y in zip(ma, mb):
+        assert y["rollout/zero_advantage_frac"] == x["rollout/zero_advantage_frac"] == 0.5
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-5)
