@@ -77,20 +77,25 @@ def mixed_data(tmp_path):
     return path
 
 
+def _one_and_two(model_dir, data, tmp_path, o):
+    """The same run in 1 process and in 2 (torchrun): assert equal final parameters (that moved); return both
+    runs' step metrics."""
+    one = train(Config.load(None, base_overrides(model_dir, data, tmp_path / "one", **o)))
+    two = tmp_path / "two"
+    proc = _torchrun(base_overrides(model_dir, data, two, **o), two)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a, b = _sd(one / "checkpoint-3"), _sd(two / "checkpoint-3")
+    assert any(not torch.equal(a[k], _sd(model_dir)[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4, msg=k)
+    return [[json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "loss/pg" in x]
+            for run in (one, two)]
+
+
 def test_two_processes_equal_one(tiny_model_dir, mixed_data, tmp_path):
     """Greedy rollouts make the samples identical, so the update alone is compared: the batch-mean baseline,
     the token counts of token_mean and the gradient are global in both runs."""
-    tiny_data = mixed_data
-    one = train(Config.load(None, base_overrides(tiny_model_dir, tiny_data, tmp_path / "one", **DP)))
-    two = tmp_path / "two"
-    proc = _torchrun(base_overrides(tiny_model_dir, tiny_data, two, **DP), two)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    a, b = _sd(one / "checkpoint-3"), _sd(two / "checkpoint-3")
-    assert any(not torch.equal(a[k], _sd(tiny_model_dir)[k]) for k in a)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
-    ma = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines() if "loss/pg" in x]
-    mb = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines() if "loss/pg" in x]
+    ma, mb = _one_and_two(tiny_model_dir, mixed_data, tmp_path, DP)
     assert [r["rollout/samples"] for r in mb] == [8, 8, 8]
     for x, y in zip(ma, mb):
         assert x["reward/mean"] == pytest.approx(y["reward/mean"], abs=1e-6)
@@ -140,16 +145,7 @@ def test_two_processes_equal_one_when_a_rank_has_no_signal(tiny_model_dir, tmp_p
     f.write_text(BY_PROMPT)
     o = {**DP, "rollout.num_generations": 1, "algo.kl_coef": 0.0, "data.shuffle": False, "train.save_every": 0,
          "rewards": f"[{{fn: '{f}:reward'}}]"}
-    one = train(Config.load(None, base_overrides(tiny_model_dir, data, tmp_path / "one", **o)))
-    two = tmp_path / "two"
-    proc = _torchrun(base_overrides(tiny_model_dir, data, two, **o), two)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    a, b = _sd(one / "checkpoint-3"), _sd(two / "checkpoint-3")
-    assert any(not torch.equal(a[k], _sd(tiny_model_dir)[k]) for k in a)
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4, msg=k)
-    ma = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines() if "loss/pg" in x]
-    mb = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines() if "loss/pg" in x]
+    ma, mb = _one_and_two(tiny_model_dir, data, tmp_path, o)
     for x, y in zip(ma, mb):
         assert y["rollout/zero_advantage_frac"] == x["rollout/zero_advantage_frac"] == 0.5
         assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-5)
