@@ -132,17 +132,13 @@ def lockstep(model, cfg):
 
 
 def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float,
-                    with_entropy: bool, with_hidden: bool, chunk_tokens: int, entropy_grad: bool,
-                    owner: torch.Tensor | None = None):
+                    with_entropy: bool, with_hidden: bool, chunk_tokens: int, entropy_grad: bool):
     """`policy.completion_logp` for an FSDP model: the root forward (so FSDP's hooks gather the weights), with
     the logits of the T positions that predict the completion (``logits_to_keep=T+1`` keeps positions
     P-1 .. P+T-1; the last predicts past the end). Those [N, T, V] logits exist in the model's dtype; the
-    log-softmax is float32 per chunk as in the unsharded path. Shared prompts (``owner``) are indexed out to
-    their rows."""
+    log-softmax is float32 per chunk as in the unsharded path."""
     from .policy import TokenStats, position_ids, token_logps
 
-    if owner is not None:
-        prompt_ids, prompt_mask = prompt_ids[owner], prompt_mask[owner]
     p = prompt_ids.shape[1]
     n, t = completion_ids.shape
     ids = torch.cat([prompt_ids, completion_ids], 1)                      # [N, P+T]

@@ -198,7 +198,12 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
     and row i continues prompt ``owner[i]``. Models rlft/lean.py covers then run each prompt once for all its
     rows (`Lean.completion_states`); others get the prompts indexed out to the rows.
     """
-    if owner is not None and lean(model, prompt_ids.shape[1] + completion_ids.shape[1]) is None:
+    p = prompt_ids.shape[1]
+    n, t = completion_ids.shape
+    # the same arithmetic without transformers' per-call bookkeeping (rlft/lean.py); None for seq2seq, and FSDP
+    # models go through their root forward (rlft/fsdp.py)
+    fast = None if is_fsdp(model) else lean(model, p + t)
+    if owner is not None and fast is None:  # only the lean forward shares prompts: give each row its own
         prompt_ids, prompt_mask, owner = prompt_ids[owner], prompt_mask[owner], None
     if model.config.is_encoder_decoder:  # decoder tokens given the encoder inputs: rlft/seq2seq.py
         from .seq2seq import completion_logp as seq2seq_logp
@@ -210,11 +215,8 @@ def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_m
 
         return fsdp_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature,
                          with_entropy=with_entropy, with_hidden=with_hidden, chunk_tokens=chunk_tokens,
-                         entropy_grad=entropy_grad, owner=owner)
-    p = prompt_ids.shape[1]
-    n, t = completion_ids.shape
+                         entropy_grad=entropy_grad)
     backbone, head = output_head(model)
-    fast = lean(model, p + t)  # the same arithmetic without transformers' per-call bookkeeping (rlft/lean.py)
     if owner is not None:  # fast is not None here
         h = fast.completion_states(prompt_ids, prompt_mask, owner, completion_ids, completion_mask)  # [N, T, H]
     else:

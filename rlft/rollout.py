@@ -158,14 +158,17 @@ def _draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, ge
     return tok, lsm.gather(-1, tok[:, None]).squeeze(-1)
 
 
-def _finish(tokenizer, prompt_ids, prompt_mask, tokens, logps, eos, stop_len, stop, pad) -> Rollout:
-    """Cut each row at its first EOS (kept) or stop string, pad the rest, decode the text the rewards see."""
+def _finish(tokenizer, prompt_ids, prompt_mask, tokens, logps, eos, stop_len, stop, pad, drawn=None) -> Rollout:
+    """Cut each row at its first EOS (kept) or stop string, pad the rest, decode the text the rewards see.
+    ``drawn`` [N]: how many tokens each row holds (default: all T); past them a row ran out of length."""
     n, steps = tokens.shape
     is_eos = torch.isin(tokens, eos)                                                        # [N, T]
     never = steps + 1
     end_eos = torch.where(is_eos.any(-1), is_eos.long().argmax(-1) + 1, never)              # [N]
     end_stop = torch.where(stop_len > 0, stop_len, never)
-    lengths = torch.minimum(torch.minimum(end_eos, end_stop), torch.full_like(end_eos, steps))
+    limit = torch.full_like(end_eos, steps) if drawn is None else drawn
+    end_eos = torch.where(end_eos <= limit, end_eos, never)                 # an EOS id among the padding is not one
+    lengths = torch.minimum(torch.minimum(end_eos, end_stop), limit)
     reason = torch.where(end_eos == lengths, 1, torch.where(end_stop == lengths, 2, 0))  # 0 length, 1 eos, 2 stop
     mask = (torch.arange(steps, device=tokens.device)[None] < lengths[:, None]).long()
     tokens = torch.where(mask.bool(), tokens, pad)

@@ -590,15 +590,15 @@ def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, r
     returns = estimators.discounted_returns(token_rewards, ro.completion_mask, a.gamma) if value_head else None
     sums: dict[str, float] = {}
     grad_norms = []
-    need_entropy = True
     per_mb = n // a.mini_batches
     lengths = ro.lengths.tolist()
     g = shared_group(cfg)
     # A sample whose advantage is 0 at every token adds exactly 0 to the gradient when nothing else is in the loss
     # (no KL or entropy term, no value head): it stays in the counts that normalise the loss but is not run.
-    skip = a.entropy_coef == 0 and value_head is None and (ref_logp is None or a.kl_in != "loss" or a.kl_coef == 0)
-    skip = skip and not fsdp.is_fsdp(model)  # FSDP: every rank must run as many forward / backward passes
-    signal = ((adv * loss_mask) != 0).any(-1).tolist()
+    # Not under FSDP, where every rank must run as many forward / backward passes.
+    skip = a.entropy_coef == 0 and value_head is None and (ref_logp is None or a.kl_in != "loss" or a.kl_coef == 0) \
+        and not fsdp.is_fsdp(model)
+    signal = ((adv * loss_mask) != 0).any(-1).tolist() if skip else None
     for _ in range(a.num_iterations):
         for m in range(a.mini_batches):
             idx = list(range(m * per_mb, (m + 1) * per_mb))
@@ -610,7 +610,7 @@ def update(model, value_head, opt, sched, params, ro: Rollout, adv, loss_mask, r
             idx.sort(key=_order(idx, lengths, g))
             for s in range(0, len(idx), o.micro_batch_size):
                 ix, pi, pm, own, ci, cm, t = _micro_slices(ro, idx[s:s + o.micro_batch_size], g)
-                st = completion_logp(model, pi, pm, ci, cm, temperature=r.temperature, with_entropy=need_entropy,
+                st = completion_logp(model, pi, pm, ci, cm, temperature=r.temperature, with_entropy=True,
                                      entropy_grad=a.entropy_coef > 0, with_hidden=value_head is not None, owner=own)
                 lm = loss_mask[ix, :t]
                 old = st.logp.detach() if old_logp is None else old_logp[ix, :t]

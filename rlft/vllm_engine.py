@@ -25,7 +25,7 @@ import re
 import torch
 
 from .config import Config, ConfigError
-from .rollout import Rollout, _strip_stop
+from .rollout import Rollout, _finish
 
 INSTALL = "pip install 'rlft[vllm]'"
 
@@ -136,23 +136,19 @@ def policy_weights(model):
 
 def to_rollout(tokenizer, prompt_ids, prompt_mask, seqs: list[list[int]], logps: list[list[float]],
                by_stop: list[bool], eos: list[int], stop) -> Rollout:
-    """A `Rollout` from the sampled token ids and their log-probs, one list per row: each completion is cut after
-    its first EOS (kept, finish ``eos``); ``by_stop`` rows ended at a stop string (kept in the tokens, cut from
-    the text); the rest ran to the length limit."""
-    n, pad, eos_set = len(seqs), tokenizer.pad_token_id, set(eos)
-    width = max([1] + [len(s) for s in seqs])
-    ids = torch.full((n, width), pad, dtype=torch.long)        # [N, T]
+    """A `Rollout` from the sampled token ids and their log-probs, one list per row, cut as rlft's sampler cuts
+    (`rlft.rollout._finish`): after the first EOS (kept, finish ``eos``); ``by_stop`` rows ended at a stop string
+    (kept in the tokens, cut from the text); the rest ran to the length limit."""
+    n, pad = len(seqs), tokenizer.pad_token_id
+    width = max([1] + [len(x) for x in seqs])
+    tokens = torch.full((n, width), pad, dtype=torch.long)     # [N, T]
     lp = torch.zeros((n, width))                               # [N, T]
-    lengths, finish = [], []
-    for i, (s, l, hit_stop) in enumerate(zip(seqs, logps, by_stop)):
-        end = next((j + 1 for j, x in enumerate(s) if x in eos_set), None)
-        finish.append("eos" if end is not None else "stop" if hit_stop else "length")
-        s, l = s[:end], l[:end]
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+    for i, (x, l) in enumerate(zip(seqs, logps)):
+        tokens[i, :len(x)] = torch.tensor(x, dtype=torch.long)
         lp[i, :len(l)] = torch.tensor(l, dtype=torch.float32)
-        lengths.append(len(s))
-    mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).long()
-    texts = tokenizer.batch_decode([row[:k] for row, k in zip(ids.tolist(), lengths)], skip_special_tokens=True)
-    texts = [_strip_stop(tx, stop) if f == "stop" else tx for tx, f in zip(texts, finish)]
+    drawn = torch.tensor([len(x) for x in seqs])
+    stop_len = torch.where(torch.tensor(by_stop, dtype=torch.bool), drawn, 0)
     dev = prompt_ids.device
-    return Rollout(prompt_ids, prompt_mask, ids.to(dev), mask.to(dev), lp.to(dev), finish, texts)
+    eos_ids = torch.tensor(eos, dtype=torch.long, device=dev)
+    return _finish(tokenizer, prompt_ids, prompt_mask, tokens.to(dev), lp.to(dev), eos_ids, stop_len.to(dev), stop,
+                   pad, drawn.to(dev))
