@@ -38,3 +38,19 @@ def base_overrides(model_dir, data, out, **extra):
          "rewards": f"[{{fn: exact_match}}, {{fn: bleu}}, {{fn: '{ASCII}:ascii_frac'}}]"}
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]
+
+
+def assert_greedy_equals_generate(model, tok, ids, mask, max_new_tokens, eos_ids=None):
+    """rlft's greedy sampler and transformers' `generate` give the same tokens up to each completion's end, and
+    rlft pads after it. Returns the sampler's rollout."""
+    from rlft.rollout import sample
+
+    r = sample(model, tok, ids, mask, max_new_tokens=max_new_tokens, temperature=0)
+    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                         pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.rlft_eos_ids if eos_ids is None else eos_ids)[:, ids.shape[1]:]
+    for i in range(ids.shape[0]):
+        n = int(r.lengths[i])
+        assert r.completion_ids[i, :n].tolist() == ref[i, :n].tolist()
+        assert (r.completion_ids[i, n:] == tok.pad_token_id).all()
+    return r

@@ -3,6 +3,7 @@ greedy tokens as `generate`, the same gradients; and every case it does not cove
 
 import pytest
 import torch
+from conftest import assert_greedy_equals_generate
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlft.lean import lean
@@ -88,12 +89,7 @@ def test_decoding_logits_equal_transformers_cache(name):
 def test_greedy_equals_generate(name):
     model = build(name)
     ids, mask = batch()
-    r = sample(model, TOK, ids, mask, max_new_tokens=12, temperature=0)
-    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
-                         pad_token_id=TOK.pad_token_id, eos_token_id=TOK.rlft_eos_ids)[:, ids.shape[1]:]
-    for i in range(ids.shape[0]):
-        n = int(r.lengths[i])
-        assert r.completion_ids[i, :n].tolist() == ref[i, :n].tolist()
+    assert_greedy_equals_generate(model, TOK, ids, mask, 12)
 
 
 @pytest.mark.parametrize("name", ["llama-gqa", "gpt2"])

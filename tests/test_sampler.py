@@ -8,6 +8,8 @@ from rlft.policy import completion_logp, encode_prompt, left_pad, position_ids, 
 from rlft.rollout import filter_logits, hf_generate, sample
 from rlft.tiny import byte_tokenizer, tiny_causal_lm
 
+from conftest import assert_greedy_equals_generate
+
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def lm(request):
@@ -21,13 +23,7 @@ def lm(request):
 
 def test_greedy_equals_generate(lm):
     model, tok, ids, mask = lm
-    r = sample(model, tok, ids, mask, max_new_tokens=16, temperature=0)
-    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=16,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.rlft_eos_ids)[:, ids.shape[1]:]
-    for i in range(ids.shape[0]):
-        n = int(r.lengths[i])
-        assert r.completion_ids[i, :n].tolist() == ref[i, :n].tolist()
-        assert (r.completion_ids[i, n:] == tok.pad_token_id).all()
+    assert_greedy_equals_generate(model, tok, ids, mask, 16)
 
 
 def test_sampling_logp_equals_training_logp(lm):

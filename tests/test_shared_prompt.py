@@ -11,6 +11,7 @@ from rlft.loss import Norm, pg_loss
 from rlft.policy import completion_logp, encode_prompt, left_pad, load_policy
 from rlft.rollout import sample
 from rlft.train import update
+from conftest import assert_greedy_equals_generate
 from test_lean import ARCHS, TOK, build
 
 PROMPTS = ["hello", "a much longer prompt, padded less", "x"]
@@ -57,11 +58,7 @@ def test_sampling_with_one_prefill_per_prompt(name):
         want = completion_logp(model, ids, mask, ro.completion_ids, ro.completion_mask).logp * ro.completion_mask
     torch.testing.assert_close(ro.logp, want, atol=1e-5, rtol=0)
     assert len({tuple(r) for r in ro.completion_ids[:4].tolist()}) > 1
-    greedy = sample(model, TOK, ids, mask, max_new_tokens=10, temperature=0)
-    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10,
-                         pad_token_id=TOK.pad_token_id, eos_token_id=TOK.eos_token_id)[:, ids.shape[1]:]
-    for row, n, r in zip(greedy.completion_ids.tolist(), greedy.lengths.tolist(), ref.tolist()):
-        assert row[:n] == r[:n]
+    assert_greedy_equals_generate(model, TOK, ids, mask, 10, eos_ids=TOK.eos_token_id)
 
 
 def _setup(tiny_model_dir, **over):
