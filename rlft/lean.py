@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
 TANH_GELU = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")
+# transformers' RMSNorm of these models: weight * (x * rsqrt(mean(x^2) + eps)), upcast to float32 and back
+RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 
 
 def lean(model, length: int = 0) -> Lean | None:
@@ -91,6 +93,7 @@ class Lean:
             self.heads = cfg.num_attention_heads
             self.kv_heads = cfg.num_key_value_heads
         self.groups = self.heads // self.kv_heads
+        self.rms = kind != "gpt2" and type(self.body.norm).__name__ in RMS_NORMS
 
     # ------------------------------------------------------------------------------------------ pieces
 
@@ -114,7 +117,7 @@ class Lean:
         shape = (n, q, -1, self.head_dim)
         qs, ks = a.q_proj(x).view(shape), a.k_proj(x).view(shape)
         if hasattr(a, "q_norm"):  # qwen3: RMSNorm over each head
-            qs, ks = a.q_norm(qs), a.k_norm(ks)
+            qs, ks = self._norm(a.q_norm, qs), self._norm(a.k_norm, ks)
         qs, ks, vs = qs.transpose(1, 2), ks.transpose(1, 2), a.v_proj(x).view(shape).transpose(1, 2)
         cos, sin = rope
         qs = (qs * cos) + (_rotate_half(qs) * sin)
@@ -149,7 +152,7 @@ class Lean:
         else:
             ln1, ln2, mlp = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp
             drop = None
-        qs, ks, vs = self._qkv(layer, ln1(h), rope)
+        qs, ks, vs = self._qkv(layer, self._norm(ln1, h), rope)
         if keep is not None:
             keep.append((ks, vs))
         if cache is not None:  # write this call's keys and values, attend over everything so far
@@ -162,7 +165,7 @@ class Lean:
             ks, vs = torch.cat([prefix[0], ks], 2), torch.cat([prefix[1], vs], 2)
         o = self._attend(layer, qs, ks, vs, mask)
         h = h + (drop(o) if drop is not None else o)
-        return h + self._mlp(mlp, ln2(h))
+        return h + self._mlp(mlp, self._norm(ln2, h))
 
     def _mlp(self, mlp, x):
         # GPT-2's gelu_new, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), is eight elementwise ops whose
@@ -173,8 +176,15 @@ class Lean:
             return mlp.dropout(mlp.c_proj(F.gelu(mlp.c_fc(x), approximate="tanh")))
         return mlp(x)
 
+    def _norm(self, norm, x):
+        # in float32 transformers' RMSNorm (six kernels) is F.rms_norm (one), bit for bit, forward and backward
+        # (tests/test_lean.py); in bfloat16 it rounds between its steps, so the module runs
+        if self.rms and x.dtype == torch.float32:
+            return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+        return norm(x)
+
     def _final(self, h):
-        return self.body.ln_f(h) if self.kind == "gpt2" else self.body.norm(h)
+        return self.body.ln_f(h) if self.kind == "gpt2" else self._norm(self.body.norm, h)
 
     @staticmethod
     def _mask(valid: torch.Tensor) -> torch.Tensor:

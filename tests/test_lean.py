@@ -192,3 +192,22 @@ def test_finished_rows_leave_the_batch_sampling_logp_still_right():
     with torch.no_grad():
         lp = completion_logp(model, ids, mask, r.completion_ids, r.completion_mask).logp
     torch.testing.assert_close(lp * r.completion_mask, r.logp, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral-mqa", "qwen3"])
+def test_rms_norm_in_one_kernel_is_transformers_norm_bit_for_bit(name):
+    """The Llama family's RMSNorm runs as F.rms_norm in float32: the same values and gradients, bit for bit;
+    in bfloat16 (where transformers rounds between its steps) the module itself runs."""
+    model = build(name)
+    fast = lean(model)
+    assert fast.rms  # the one-kernel path is taken for this architecture
+    norm = model.model.layers[0].post_attention_layernorm
+    norm.weight.data.normal_()
+    for dtype in (torch.float32, torch.bfloat16):
+        norm.to(dtype)
+        x = (torch.randn(5, 7, 32) * 3).to(dtype).requires_grad_(True)
+        outs = [fast._norm(norm, x), norm(x)]
+        g = torch.randn_like(outs[0])
+        grads = [torch.autograd.grad(o, (x, norm.weight), g) for o in outs]
+        assert torch.equal(outs[0], outs[1])
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
