@@ -196,28 +196,56 @@ def trl_settings(job: Job) -> dict:
 # -------------------------------------------------------------------------------------------- one child
 
 class Recorder:
-    """The reward, recording when it was called, how many tokens were sampled and what it returned."""
+    """The reward, recording when it was called, how many tokens were sampled and what it returned.
+    ``profile``: run torch.profiler from the second call to the last (whole steps, the first one excluded)."""
 
-    def __init__(self):
+    def __init__(self, steps: int = 0, profile: bool = False):
         self.calls: list[dict] = []
         self.__name__ = "reward"
+        self.steps, self.profiler = steps, None
+        if profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            self.profiler = profile(activities=[ProfilerActivity.CPU])
 
     def __call__(self, prompts, completions, completion_ids=None, **kw):
         t, cpu = time.perf_counter(), time.process_time()
+        if self.profiler is not None and len(self.calls) == 1:
+            self.profiler.start()
+        elif self.profiler is not None and len(self.calls) == self.steps - 1:
+            self.profiler.stop()
         out = reward(prompts, completions)
         self.calls.append({"t": t, "cpu": cpu, "n": len(completions), "tokens": sum(len(c) for c in completion_ids),
                            "reward": sum(out) / len(out)})
         return out
 
+    def kernel_seconds(self) -> dict:
+        """CPU seconds per step in each kind of kernel, over the profiled steps: the matrix products and attention
+        (forward and backward), and everything else the profiler saw (elementwise ops, copies, the optimizer)."""
+        per = {"matmul": 0.0, "attention": 0.0, "other_ops": 0.0}
+        for e in self.profiler.key_averages():
+            if not e.key.startswith("aten::"):
+                continue
+            kind = "matmul" if e.key in MATMULS else "attention" if "scaled_dot_product" in e.key else "other_ops"
+            per[kind] += e.self_cpu_time_total / 1e6
+        return {k: v / (self.steps - 2) for k, v in per.items()}
+
+
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+
 
 def child(side: str, job: Job, model_dir: str) -> dict:
+    """One run of ``side``: rlft or trl; "rlft-kernels", rlft's run under torch.profiler (where its step's time
+    goes); "floor", the fixed memory of any transformers trainer on this model (`floor`)."""
     import torch
 
     torch.set_num_threads(job.threads)
-    rec = Recorder()
+    if side == "floor":
+        return floor(model_dir)
+    rec = Recorder(job.steps, profile=side == "rlft-kernels")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        if side == "rlft":
+        if side.startswith("rlft"):
             from rlft.train import train
 
             data = Path(tmp) / "prompts.jsonl"
@@ -238,7 +266,27 @@ def child(side: str, job: Job, model_dir: str) -> dict:
     wall = time.perf_counter() - t0
     import rlft
 
-    return {"calls": rec.calls, "wall_s": wall, "rlft_file": rlft.__file__}
+    return {"calls": rec.calls, "wall_s": wall, "rlft_file": rlft.__file__,
+            **({"kernels": rec.kernel_seconds()} if rec.profiler is not None else {})}
+
+
+def floor(model_dir: str) -> dict:
+    """What every transformers-based trainer holds whatever it does: torch and transformers imported, the model
+    and tokenizer loaded, one token sampled with `generate`, one AdamW step on a one-token forward and backward
+    (the libraries' kernels and autograd initialised). A trainer's peak memory above this is its own."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = torch.tensor([tok("a", add_special_tokens=False)["input_ids"][:1]])
+    with torch.inference_mode():
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=1,
+                       pad_token_id=tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(input_ids=ids).logits.float().log_softmax(-1).mean().backward()
+    opt.step()
+    return {"calls": [], "wall_s": 0.0}
 
 
 # ------------------------------------------------------------------------------------------ the harness
@@ -271,7 +319,7 @@ def run_child(side: str, job: Job, model_dir: str, timeout: float, src: str = st
         res_path = f.name
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--job", json.dumps(asdict(job)),
            "--model-dir", model_dir, "--result", res_path]
-    path = [src, str(ROOT)] if side == "rlft" else [str(ROOT)]  # the rlft side may run another checkout
+    path = [src, str(ROOT)] if side.startswith("rlft") else [str(ROOT)]  # the rlft side may run another checkout
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]),
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(job.threads)}
     t0 = time.time()
@@ -382,7 +430,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rlft-src", default="", help="run the rlft side from this source folder (holding rlft/), "
                     "e.g. an older checkout, for a before/after comparison")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per child run")
-    ap.add_argument("--child", choices=["rlft", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--no-kernels", action="store_true", help="skip the profiled rlft run and the floor run per job")
+    ap.add_argument("--child", choices=["rlft", "trl", "rlft-kernels", "floor"], help=argparse.SUPPRESS)
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -429,6 +478,10 @@ def main(argv=None) -> None:
                 a = statistics.median(r[key] for r in runs["rlft"])
                 b = statistics.median(r[key] for r in runs["trl"])
                 row[key] = {"rlft": a, "trl": b, "ratio": a / b if b else float("nan")}
+            if not args.no_kernels:  # where rlft's step goes, and the memory no trainer can go below
+                row["kernels"] = run_child("rlft-kernels", job, dirs[job.model], args.timeout, src)["kernels"]
+                row["floor_mb"] = run_child("floor", job, dirs[job.model], args.timeout, src)["peak_rss_mb"]
+                row.update(bounds(row))
             results.append(row)
             print(_line(row), flush=True)
     report = {"machine": info, "command": command, "seconds": round(time.time() - t_start),
@@ -439,6 +492,19 @@ def main(argv=None) -> None:
     plot(results, out / "vs_trl.png")
     print(markdown(report))
     print(f"wrote {out / 'vs_trl.json'}, {out / 'vs_trl.md'}, {out / 'vs_trl.png'} in {report['seconds']} s")
+
+
+def bounds(row: dict) -> dict:
+    """What the two extra runs say about the targets (3x TRL's steps per second, 0.75x its peak memory):
+    ``kernel_bound``: TRL's s/step over rlft's matrix-product and attention seconds per step, the speed-up rlft
+    would have if nothing else in its step cost anything; ``floor_ratio``: the fixed floor over TRL's peak, the
+    lowest memory ratio any transformers trainer can reach; ``above_floor_ratio``: rlft's memory above the floor
+    over TRL's."""
+    k, mem = row["kernels"], row["peak_rss_mb"]
+    floor_mb = row["floor_mb"]
+    return {"kernel_bound": row["s_per_step"]["trl"] / max(k["matmul"] + k["attention"], 1e-9),
+            "floor_ratio": floor_mb / mem["trl"],
+            "above_floor_ratio": (mem["rlft"] - floor_mb) / max(mem["trl"] - floor_mb, 1e-9)}
 
 
 def _line(row: dict) -> str:
@@ -464,6 +530,23 @@ def markdown(report: dict, title: str = "") -> str:
                      f"{s['trl']:.3f} | **{s['ratio']:.2f}** | {c['ratio']:.2f} | {t['ratio']:.2f} | "
                      f"{mem['rlft']:.0f} | {mem['trl']:.0f} | **{mem['ratio']:.2f}** | {rew['rlft']:.3f} | "
                      f"{rew['trl']:.3f} | **{rew['ratio']:.2f}** |")
+    bounded = [r for r in res if "kernels" in r]
+    if bounded:
+        lines += ["", "Where rlft's step goes (one more rlft run under torch.profiler, steps after the first; CPU "
+                  "seconds per step by kernel kind), and the memory floor (a process that only imports torch and "
+                  "transformers, loads the model, samples one token and takes one AdamW step). *kernel bound*: TRL's "
+                  "s/step over rlft's matrix-product + attention s/step, the speed-up over TRL if nothing else cost "
+                  "anything. *floor / TRL*: the lowest memory ratio any transformers trainer can have.", "",
+                  "| job | s/step rlft | matmul | attention | other ops | s/step TRL | **kernel bound** | floor MB | "
+                  "**floor / TRL** | above floor: rlft / TRL |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in bounded:
+            k, mem = r["kernels"], r["peak_rss_mb"]
+            lines.append(f"| {r['job']} | {r['s_per_step']['rlft']:.3f} | {k['matmul']:.3f} | {k['attention']:.3f} | "
+                         f"{k['other_ops']:.3f} | {r['s_per_step']['trl']:.3f} | **{r['kernel_bound']:.1f}x** | "
+                         f"{r['floor_mb']:.0f} | **{r['floor_ratio']:.2f}** | "
+                         f"{mem['rlft'] - r['floor_mb']:.0f} / {mem['trl'] - r['floor_mb']:.0f} MB = "
+                         f"{r['above_floor_ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

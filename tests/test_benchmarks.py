@@ -89,6 +89,19 @@ def test_both_sides_score_the_same_samples_alike(model_dir, tmp_path):
     assert [r["_ids"] for r in rows] == tok(text=texts)["input_ids"]
 
 
+def test_profiled_run_and_floor(model_dir):
+    """The two extra runs per job: rlft under the profiler gives seconds per step by kernel kind (matrix products
+    present, and less than the whole step), and the floor process runs and is below rlft's own peak."""
+    job = Job(steps=4, max_new_tokens=8)
+    prof = vs_trl.run_child("rlft-kernels", job, model_dir, 300)
+    plain = summarize_run(prof, job)
+    k = prof["kernels"]
+    assert set(k) == {"matmul", "attention", "other_ops"} and k["matmul"] > 0 and k["attention"] > 0
+    assert k["matmul"] + k["attention"] + k["other_ops"] < plain["s_per_step"]  # one thread: ops within the step
+    floor = vs_trl.run_child("floor", job, model_dir, 300)
+    assert 0 < floor["peak_rss_mb"] < prof["peak_rss_mb"]
+
+
 def test_summary_arithmetic():
     # reward calls at t = 0, 1, 3, 4, 6 s: intervals 1, 2, 1, 2 -> the first dropped -> median of 2, 1, 2 = 2
     calls = [{"t": t, "cpu": t / 2, "n": 32, "tokens": 320, "reward": r}
@@ -109,6 +122,14 @@ def test_report_and_plot(tmp_path):
               "results": [row]}
     md = vs_trl.markdown(report)
     assert "| llama-0.4M 32 tok grpo | 320 | 1.000 | 2.000 | **0.50** |" in md
+    assert "kernel bound" not in md  # no profiled run: no second table
+    # TRL 2 s/step, rlft's matrix products + attention 0.25 + 0.15 s -> at most 5x; peaks rlft 1.0, TRL 2.0 MB
+    # over a 0.5 MB floor: the floor is 0.25 of TRL's, rlft's 0.5 MB above it a third of TRL's 1.5 MB
+    row["kernels"], row["floor_mb"] = {"matmul": 0.25, "attention": 0.15, "other_ops": 0.3}, 0.5
+    row.update(vs_trl.bounds(row))
+    assert row["kernel_bound"] == pytest.approx(5.0) and row["floor_ratio"] == 0.25
+    assert row["above_floor_ratio"] == pytest.approx(1 / 3)
+    assert "| **5.0x** | 0 | **0.25** | 0 / 2 MB = 0.33 |" in vs_trl.markdown(report)
     vs_trl.plot([row], tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 
