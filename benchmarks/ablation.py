@@ -8,7 +8,8 @@ Each variant runs in its own process (CPU seconds of that process, median of 5 r
 * sampler: 32 prompts x 128 new tokens, EOS as the model samples it (some rows finish early);
   `old` = the sampler of --rlft-src; `transformers forward` = the new loop over transformers' forward and
   cache (rlft/lean.py off); `keep finished rows` = rlft/lean.py with finished rows left in the batch;
-  `one prefill per row` = the prefill run for every row, not once per distinct prompt;
+  `one prefill per row` = the prefill run for every row, not once per distinct prompt; `norm modules` =
+  transformers' RMSNorm modules instead of F.rms_norm (Llama family, float32);
 * update: one micro-batch of 8 x (prompt + 128 tokens) (two prompts, four samples each), forward + backward;
   `no prompt sharing` = every row runs its prompt + completion; `transformers forward` = rlft/lean.py off (its
   GELU included, prompts not shared), with the peak RSS of that process.
@@ -55,6 +56,10 @@ def child(kind: str, variant: str, model_dir: str, new_tokens: int, prompt: str 
         from rlft.lean import Decoder
 
         Decoder.share_prefill = False
+    if variant == "norm modules":
+        import rlft.lean
+
+        rlft.lean.RMS_NORMS = ()
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     prepare_tokenizer(tok, model)
@@ -76,7 +81,7 @@ def child(kind: str, variant: str, model_dir: str, new_tokens: int, prompt: str 
         cmask = torch.ones_like(comp)
         for _ in range(6):
             t0 = time.process_time()
-            if variant == "all changes":  # rows 0-3 and 4-7 share their prompts
+            if variant not in ("no prompt sharing", "transformers forward"):  # rows 0-3 and 4-7 share prompts
                 st = completion_logp(model, ids[[0, 4]], mask[[0, 4]], comp, cmask, with_entropy=True,
                                      owner=torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
             else:
@@ -110,6 +115,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt", choices=["short", "long"], default="short", help="the benchmark's prompt kind")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every variant (medians)")
+    ap.add_argument("--only", default="", help="comma-separated variants to run besides `all changes`")
     ap.add_argument("--result")
     args = ap.parse_args()
     if args.child:
@@ -121,11 +127,15 @@ def main() -> None:
         for model in ("llama-0.4M", "gpt2-3M"):
             d = build_model(model, Path(tmp))
             cases = [("sampler", "all changes", None), ("sampler", "one prefill per row", None),
-                     ("sampler", "keep finished rows", None), ("sampler", "transformers forward", None)]
+                     ("sampler", "keep finished rows", None), ("sampler", "norm modules", None),
+                     ("sampler", "transformers forward", None)]
             if args.rlft_src:
                 cases.append(("sampler", "old", str(Path(args.rlft_src).resolve())))
             cases += [("update", "all changes", None), ("update", "no prompt sharing", None),
-                      ("update", "transformers forward", None)]
+                      ("update", "norm modules", None), ("update", "transformers forward", None)]
+            only = {v.strip() for v in args.only.split(",") if v.strip()}
+            if only:
+                cases = [c for c in cases if c[1] in only | {"all changes"}]
             runs: dict = {c: [] for c in cases}
             for _ in range(args.rounds):  # interleaved rounds: a busy moment hits every variant alike
                 for case in cases:
@@ -139,6 +149,8 @@ def main() -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     name = "ablation.json" if args.prompt == "short" else f"ablation-{args.prompt}.json"
+    if args.only:
+        name = name.replace(".json", f"-{'-'.join(sorted(only)).replace(' ', '_')}.json")
     (out / name).write_text(json.dumps(rows, indent=1))
 
 
