@@ -11,7 +11,12 @@ report gives medians and the ratio rlft / TRL of:
 * peak resident memory: the child's ru_maxrss, from os.wait4 (imports, model, optimizer, activations);
 * reward after N samples: the mean reward of the last quarter of the steps' samples (same N on both sides).
 
-    python benchmarks/vs_trl.py            # the full grid (short and long prompts), ~25 min on 2 cores
+and, per job, where rlft's step goes (one more rlft run under torch.profiler: seconds per step in matrix
+products, attention and other kernels) and the memory floor of any transformers trainer on that model (a process
+that only loads the libraries and the model, samples one token and takes one AdamW step); `--no-kernels` skips
+both.
+
+    python benchmarks/vs_trl.py            # the full grid (short and long prompts), ~35 min on 2 cores
     python benchmarks/vs_trl.py --quick    # a smaller grid, ~3 min
 
 Writes benchmarks/results/vs_trl.{json,md,png}. Needs the `bench` extra (trl, matplotlib).
