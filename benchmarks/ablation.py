@@ -32,12 +32,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent))
 
-from benchmarks.vs_trl import build_model, prompts  # noqa: E402
+from benchmarks.vs_trl import build_model, peak_rss_mb, prompts  # noqa: E402
 
 
 def child(kind: str, variant: str, model_dir: str, new_tokens: int, prompt: str = "short") -> dict:
-    import resource
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,7 +88,7 @@ def child(kind: str, variant: str, model_dir: str, new_tokens: int, prompt: str 
             times.append(time.process_time() - t0)
         extra = {}
     return {"cpu_s": statistics.median(times[1:]),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
+            "peak_rss_mb": peak_rss_mb(), **extra}
 
 
 def run(kind: str, variant: str, model_dir: str, new_tokens: int, src: str | None, prompt: str = "short") -> dict:

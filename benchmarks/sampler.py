@@ -1,8 +1,8 @@
 """rlft's sampler against `model.generate` at the same batch, prompts, lengths and sampling settings.
 
 Each measurement runs in its own process (so peak memory is that engine's alone), engines alternate
-A B A B, and the report gives medians of sampled tokens per second and peak resident memory (ru_maxrss
-from os.wait4), and the ratio rlft / generate.
+A B A B, and the report gives medians of sampled tokens per second and peak resident memory (the child's own
+VmHWM: `benchmarks.vs_trl.peak_rss_mb`), and the ratio rlft / generate.
 
     python benchmarks/sampler.py            # llama-0.4M and gpt2-3M, ~5 min on 2 cores
     python benchmarks/sampler.py --quick    # ~1 min
@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent))  # after PYTHONPATH: --rlft-src must win for `rlft`
 
-from benchmarks.vs_trl import MODELS, build_model, machine, prompts
+from benchmarks.vs_trl import MODELS, build_model, machine, peak_rss_mb, prompts
 
 
 def child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats: int, threads: int) -> dict:
@@ -61,7 +61,8 @@ def child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats: int
         if r:
             times.append(time.perf_counter() - t0)
             tokens.append(n)
-    return {"tokens_per_s": statistics.median(n / t for n, t in zip(tokens, times)), "tokens": tokens[0]}
+    return {"tokens_per_s": statistics.median(n / t for n, t in zip(tokens, times)), "tokens": tokens[0],
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def run_child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats: int, threads: int,
@@ -75,13 +76,12 @@ def run_child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats:
            "PYTHONPATH": os.pathsep.join([src, str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{engine} failed:\n{err[-3000:]}")
     res = json.loads(Path(res_path).read_text())
     os.unlink(res_path)
-    res["peak_rss_mb"] = usage.ru_maxrss / 1024
     return res
 
 

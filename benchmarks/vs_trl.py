@@ -8,7 +8,9 @@ report gives medians and the ratio rlft / TRL of:
 * seconds per step: the median interval between consecutive reward calls (each side calls the reward exactly
   once per step, so an interval is one whole step: update, then the next rollout), first step excluded;
 * sampled tokens per second: completion tokens sampled per step / seconds per step (the job's throughput);
-* peak resident memory: the child's ru_maxrss, from os.wait4 (imports, model, optimizer, activations);
+* peak resident memory: the child's own high-water mark, VmHWM, read at its end (imports, model, optimizer,
+  activations). Not ru_maxrss: on Linux exec records the old address space's peak in it, so a child's
+  ru_maxrss is at least its parent's RSS at spawn (this harness's own process holds about 400 MB);
 * reward after N samples: the mean reward of the last quarter of the steps' samples (same N on both sides).
 
 and, per job, where rlft's step goes (one more rlft run under torch.profiler: seconds per step in matrix
@@ -239,6 +241,18 @@ class Recorder:
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started (its exec): VmHWM on Linux. `resource`'s ru_maxrss
+    also holds the peak of the address space exec replaced -- the parent's RSS when it spawned this process."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(side: str, job: Job, model_dir: str) -> dict:
     """One run of ``side``: rlft or trl; "rlft-kernels", rlft's run under torch.profiler (where its step's time
     goes); "floor", the fixed memory of any transformers trainer on this model (`floor`)."""
@@ -271,7 +285,7 @@ def child(side: str, job: Job, model_dir: str) -> dict:
     wall = time.perf_counter() - t0
     import rlft
 
-    return {"calls": rec.calls, "wall_s": wall, "rlft_file": rlft.__file__,
+    return {"calls": rec.calls, "wall_s": wall, "rlft_file": rlft.__file__, "peak_rss_mb": peak_rss_mb(),
             **({"kernels": rec.kernel_seconds()} if rec.profiler is not None else {})}
 
 
@@ -291,7 +305,7 @@ def floor(model_dir: str) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(input_ids=ids).logits.float().log_softmax(-1).mean().backward()
     opt.step()
-    return {"calls": [], "wall_s": 0.0}
+    return {"calls": [], "wall_s": 0.0, "peak_rss_mb": peak_rss_mb()}
 
 
 # ------------------------------------------------------------------------------------------ the harness
@@ -319,7 +333,7 @@ def build_model(name: str, folder: Path, seed: int = 0) -> str:
 
 
 def run_child(side: str, job: Job, model_dir: str, timeout: float, src: str = str(ROOT)) -> dict:
-    """One run in a fresh process; its peak RSS comes from os.wait4."""
+    """One run in a fresh process, which reports its own peak RSS (`peak_rss_mb`)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         res_path = f.name
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--job", json.dumps(asdict(job)),
@@ -330,8 +344,8 @@ def run_child(side: str, job: Job, model_dir: str, timeout: float, src: str = st
     t0 = time.time()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        try:  # os.wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would be a maximum over all children)
-            status, usage = _wait(proc.pid, timeout)
+        try:
+            status, _ = _wait(proc.pid, timeout)
         except TimeoutError:
             proc.kill()
             os.waitpid(proc.pid, 0)
@@ -342,7 +356,6 @@ def run_child(side: str, job: Job, model_dir: str, timeout: float, src: str = st
             raise RuntimeError(f"{side} {job.name} failed:\n{err.read()[-3000:]}")
     res = json.loads(Path(res_path).read_text())
     os.unlink(res_path)
-    res["peak_rss_mb"] = usage.ru_maxrss / 1024
     res["process_s"] = time.time() - t0
     return res
 

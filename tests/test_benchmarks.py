@@ -102,6 +102,22 @@ def test_profiled_run_and_floor(model_dir):
     assert 0 < floor["peak_rss_mb"] < prof["peak_rss_mb"]
 
 
+def test_a_childs_peak_memory_is_its_own():
+    """A child spawned while this process holds 300 MB more reports its own peak, not ours (ru_maxrss would:
+    exec records the replaced address space's peak in it)."""
+    import subprocess
+
+    held = bytearray(300 * 2**20)
+    held[::4096] = b"\1" * len(held[::4096])  # touched: resident
+    code = "import resource; from benchmarks.vs_trl import peak_rss_mb; " \
+           "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    own, maxrss = float(out[0]), float(out[1])
+    assert own < 100 < 300 < maxrss
+    del held
+
+
 def test_summary_arithmetic():
     # reward calls at t = 0, 1, 3, 4, 6 s: intervals 1, 2, 1, 2 -> the first dropped -> median of 2, 1, 2 = 2
     calls = [{"t": t, "cpu": t / 2, "n": 32, "tokens": 320, "reward": r}
