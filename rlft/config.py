@@ -123,6 +123,10 @@ class RewardsConfig:
                          "summing.", ("none", "group"))
     on_error: str = opt("raise", "A reward that raises or returns NaN/inf: raise (stop, naming reward, step "
                         "and sample) or drop (the sample gets no gradient; counted).", ("raise", "drop"))
+    overlap: bool = opt(False, "Score completions while the rest still decode (rollout.engine rlft): at each of the "
+                        "sampler's host syncs (every 8 tokens) the rows finished since the last one (whole groups "
+                        "with normalize: group) go to the rewards in a background thread. Pays when rewards are "
+                        "slow (sandboxed tests, judges, remote APIs); the rewards then see the batch in parts.")
 
 
 ESTIMATORS = ("reinforce", "value", "rloo", "grpo", "reinforce_pp", "remax")
@@ -311,6 +315,9 @@ class Config:
                               f"train.parallel=ddp")
         if self.data.eval_fraction and not 0 < self.data.eval_fraction < 1:
             raise ConfigError(f"data.eval_fraction must be in (0, 1) (got {self.data.eval_fraction})")
+        if self.rewards.overlap and r.engine != "rlft":
+            raise ConfigError(f"rewards.overlap needs rlft's own sampler (rollout.engine=rlft, got {r.engine!r}): only "
+                              f"it reports rows as they finish")
         for i, spec in enumerate(self.rewards.components):
             if not spec.fn:
                 raise ConfigError(f"rewards.components[{i}].fn is empty: name a reward (e.g. fn: bleu)")

@@ -72,7 +72,10 @@ def sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
 
     Keywords: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``stop`` (strings), ``eos_ids``
     (default: the model's full list), ``generator`` (a seeded torch.Generator makes it reproducible),
-    ``lockstep`` (FSDP with sharded weights: `rlft.fsdp.lockstep`, so every rank decodes as many steps)."""
+    ``lockstep`` (FSDP with sharded weights: `rlft.fsdp.lockstep`, so every rank decodes as many steps),
+    ``on_done(rows, part)``: called at host syncs with the rows that finished since the last call and their final
+    completions (``part``, a Rollout of those rows, as the returned one will hold them); rows still running at
+    the end are not reported."""
     if model.config.is_encoder_decoder:  # prompt_ids are the encoder inputs: rlft/seq2seq.py
         from .seq2seq import sample as seq2seq_sample
 
@@ -99,7 +102,7 @@ def _buffers(tokenizer, n: int, max_new_tokens: int, eos_ids, device):
 def _sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop: list[str] | tuple = (),
             eos_ids: list[int] | None = None, generator: torch.Generator | None = None,
-            sync_every: int = 8, lockstep=None) -> Rollout:
+            sync_every: int = 8, lockstep=None, on_done=None) -> Rollout:
     n = prompt_ids.shape[0]
     device = prompt_ids.device
     pad, eos, tokens, logps, done, stop_len = _buffers(tokenizer, n, max_new_tokens, eos_ids, device)
@@ -111,6 +114,7 @@ def _sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
     rows = None  # the rows still decoded, once finished ones have been dropped from the batch (None: all)
     window = _stop_window(tokenizer, stop)
     steps = 0
+    reported = torch.zeros(n, dtype=torch.bool, device=device)  # rows handed to on_done
     for t in range(max_new_tokens):
         tok, lp = _draw(logits, temperature, top_k, top_p, generator)                     # [n], [n]
         hit = torch.isin(tok, eos)
@@ -130,6 +134,9 @@ def _sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
         if (t + 1) % sync_every == 0:  # the only host sync: stop when all have finished, drop finished rows
             live = (~done).nonzero().squeeze(-1)
             running = live.numel() > 0
+            if on_done is not None:
+                reported = _report(on_done, reported, done, tokenizer, prompt_ids, prompt_mask, tokens[:, :t + 1],
+                                   logps[:, :t + 1], eos, stop_len, stop, pad)
             if lockstep is not None:  # sharded FSDP weights: go on while any rank has a running row
                 running = lockstep(running)
             if not running:
@@ -140,6 +147,16 @@ def _sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tenso
                 tok, rows = tok[keep], live
         logits = dec.step(tok)
     return _finish(tokenizer, prompt_ids, prompt_mask, tokens[:, :steps], logps[:, :steps], eos, stop_len, stop, pad)
+
+
+def _report(on_done, reported, done, tokenizer, prompt_ids, prompt_mask, tokens, logps, eos, stop_len, stop, pad):
+    """Hand the rows finished since the last report to ``on_done``; returns the updated reported mask. A finished
+    row's completion is final: `_finish` cuts it at its EOS or stop string whatever was drawn after."""
+    new = (done & ~reported).nonzero().squeeze(-1)
+    if new.numel():
+        on_done(new.tolist(), _finish(tokenizer, prompt_ids[new], prompt_mask[new], tokens[new], logps[new], eos,
+                                      stop_len[new], stop, pad))
+    return reported | done
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator):

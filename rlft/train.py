@@ -27,7 +27,7 @@ from .log import NullLogger, RunLogger
 from .loss import Norm, aggregate, kl_penalty, pg_loss, tis_weights
 from .policy import (ValueHead, completion_logp, encode_prompt, format_prompt, frozen_copy, left_pad,
                      load_policy)
-from .rewards import Reward, check_columns, compute, resolve
+from .rewards import Reward, RewardResult, check_columns, compute, resolve
 from .rollout import Rollout, hf_generate, sample
 
 
@@ -399,9 +399,11 @@ def _with_path(cfg: Config, path: str):
 
 # -------------------------------------------------------------------------------------- the pieces
 
-def generate(model, tok, rows: list[dict], cfg: Config, gen, device, greedy: bool = False, engine=None) -> Rollout:
+def generate(model, tok, rows: list[dict], cfg: Config, gen, device, greedy: bool = False, engine=None,
+             on_done=None) -> Rollout:
     """One completion per row (rows already repeated G times for sampling). ``engine``: the run's vLLM engine
-    (rollout.engine: vllm); without one (greedy evaluation, ReMax's baseline) rlft's own sampler runs."""
+    (rollout.engine: vllm); without one (greedy evaluation, ReMax's baseline) rlft's own sampler runs.
+    ``on_done``: rlft's sampler reports finished rows to it (`sample`; rewards.overlap)."""
     r = cfg.rollout
     ids, mask = left_pad([row["_ids"] for row in rows], tok.pad_token_id, device)
     kw = {"max_new_tokens": r.max_new_tokens, "temperature": 0.0 if greedy else r.temperature, "top_k": r.top_k,
@@ -411,19 +413,29 @@ def generate(model, tok, rows: list[dict], cfg: Config, gen, device, greedy: boo
     lock = fsdp.lockstep(model, cfg)
     if lock is not None:  # FSDP with sharded weights: every rank decodes as many steps
         kw["lockstep"] = lock
+    if on_done is not None:
+        kw["on_done"] = on_done
     fn = hf_generate if r.engine == "hf" else sample
     model.eval()
     return fn(model, tok, ids, mask, **kw)
 
 
-def score(rows, ro: Rollout, reward_fns, cfg: Config, step: int):
+def _rewards(rows, ro: Rollout, reward_fns, cfg: Config, step: int) -> RewardResult:
+    """Every reward on the completions of ``ro`` (one per row of ``rows``)."""
     cols = columns_of(rows, exclude=("_line", "_ids", "_text", "_prompt"))
     if cfg.data.reference_column in cols and "reference" not in cols:
         cols["reference"] = cols[cfg.data.reference_column]
-    res = compute(reward_fns, [row["_prompt"] for row in rows], ro.completions, ro.lengths.tolist(), cols,
-                  step=step, on_error=cfg.rewards.on_error, group_size=cfg.rollout.num_generations,
-                  normalize=cfg.rewards.normalize, completion_ids=[
-                      row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())])
+    lengths = ro.lengths.tolist()
+    return compute(reward_fns, [row["_prompt"] for row in rows], ro.completions, lengths, cols, step=step,
+                   on_error=cfg.rewards.on_error, group_size=cfg.rollout.num_generations,
+                   normalize=cfg.rewards.normalize,
+                   completion_ids=[row[:n] for row, n in zip(ro.completion_ids.tolist(), lengths)])
+
+
+def score(rows, ro: Rollout, reward_fns, cfg: Config, step: int, res: RewardResult | None = None):
+    """Dense token rewards [N, T], validity [N] and the result (``res``: already computed, e.g. by `_Overlap`)."""
+    if res is None:
+        res = _rewards(rows, ro, reward_fns, cfg, step)
     t = ro.completion_ids.shape[1]
     dense = torch.zeros((len(rows), t))
     for i, vals in enumerate(res.token_rewards):
@@ -431,6 +443,48 @@ def score(rows, ro: Rollout, reward_fns, cfg: Config, step: int):
     if t == 0:
         dense = torch.zeros((len(rows), 0))
     return dense.to(ro.logp.device), torch.tensor([not b for b in res.invalid], device=ro.logp.device), res
+
+
+class _Overlap:
+    """rewards.overlap: rows are scored as the sampler reports them finished, in one background thread, while the
+    rest still decode. Rows go in parts (with rewards.normalize=group only whole groups: their statistics need
+    all G); `finish` scores what is left once sampling is done and puts the parts together."""
+
+    def __init__(self, rows, reward_fns, cfg: Config, step: int, pad_id: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.rows, self.fns, self.cfg, self.step, self.pad_id = rows, reward_fns, cfg, step, pad_id
+        self.g = cfg.rollout.num_generations if cfg.rewards.normalize == "group" else 1
+        self.ready: dict[int, Rollout] = {}   # finished rows not sent yet: row -> its one-row Rollout
+        self.parts: list = []                 # (row indices, future of their RewardResult)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="rlft-rewards")
+
+    def done(self, idx: list[int], part: Rollout) -> None:  # `sample`'s on_done
+        for j, i in enumerate(idx):
+            self.ready[i] = part.select([j])
+        g = self.g
+        send = sorted(i for i in self.ready if all(k in self.ready for k in range(i // g * g, i // g * g + g)))
+        if send:
+            self._send(send, _concat([self.ready.pop(i) for i in send], self.pad_id))
+
+    def _send(self, idx: list[int], ro: Rollout) -> None:
+        self.parts.append((idx, self.pool.submit(_rewards, [self.rows[i] for i in idx], ro, self.fns, self.cfg,
+                                                 self.step)))
+
+    def finish(self, ro: Rollout) -> RewardResult:
+        """Score the rows not sent yet (from the whole rollout ``ro``), wait for every part, merge them in row
+        order. A reward's error surfaces here, as it would have without overlap."""
+        sent = {i for idx, _ in self.parts for i in idx}
+        rest = [i for i in range(len(self.rows)) if i not in sent]
+        if rest:
+            self._send(rest, ro.select(rest))
+        try:
+            return RewardResult.merge([(idx, f.result()) for idx, f in self.parts], len(self.rows))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def collect(model, tok, stream, reward_fns, cfg: Config, gen, step: int, device, ctx=distributed.Dist(), engine=None):
@@ -455,9 +509,19 @@ def collect(model, tok, stream, reward_fns, cfg: Config, gen, step: int, device,
                 break
             continue
         t0 = time.perf_counter()
-        ro = generate(model, tok, rows, cfg, gen, device, engine=engine)
-        sample_s += time.perf_counter() - t0
-        rew, valid, res = score(rows, ro, reward_fns, cfg, step)
+        if cfg.rewards.overlap:  # score finished rows while the rest decode
+            overlap = _Overlap(rows, reward_fns, cfg, step, tok.pad_token_id)
+            try:
+                ro = generate(model, tok, rows, cfg, gen, device, engine=engine, on_done=overlap.done)
+            except BaseException:
+                overlap.close()
+                raise
+            sample_s += time.perf_counter() - t0
+            rew, valid, res = score(rows, ro, reward_fns, cfg, step, res=overlap.finish(ro))
+        else:
+            ro = generate(model, tok, rows, cfg, gen, device, engine=engine)
+            sample_s += time.perf_counter() - t0
+            rew, valid, res = score(rows, ro, reward_fns, cfg, step)
         metrics_list.append((len(rows), res.metrics()))
         keep = list(range(len(rows)))
         if a.filter_groups and rounds < a.max_filter_rounds:

@@ -171,6 +171,33 @@ class RewardResult:
     component_seconds: dict[str, float] = field(default_factory=dict)  # per component (they overlap)
     stats: dict[str, float] = field(default_factory=dict)  # what rewards report(): "reward/<name>/<key>"
 
+    @staticmethod
+    def merge(parts: list[tuple[list[int], "RewardResult"]], n: int) -> "RewardResult":
+        """One result for samples 0..n-1 from results of disjoint parts (each with its sample indices): values in
+        sample order; seconds summed (component seconds too); reported stats averaged, weighted by part size."""
+        token_rewards: list = [None] * n
+        components: dict[str, list] = {}
+        invalid = [False] * n
+        stats: dict[str, float] = {}
+        component_seconds: dict[str, float] = {}
+        for idx, res in parts:
+            for j, i in enumerate(idx):
+                token_rewards[i] = res.token_rewards[j]
+                invalid[i] = res.invalid[j]
+            for name, vals in res.components.items():
+                col = components.setdefault(name, [None] * n)
+                for j, i in enumerate(idx):
+                    col[i] = vals[j]
+            for k, v in res.stats.items():
+                stats[k] = stats.get(k, 0.0) + v * len(idx) / n
+            for k, v in res.component_seconds.items():
+                component_seconds[k] = component_seconds.get(k, 0.0) + v
+        missing = [i for i, t in enumerate(token_rewards) if t is None]
+        if missing:
+            raise ValueError(f"RewardResult.merge: no part holds samples {missing[:10]}")
+        return RewardResult(token_rewards, components, invalid, sum(r.seconds for _, r in parts), component_seconds,
+                            stats)
+
     def metrics(self) -> dict[str, float]:
         """``reward/<name>`` means over the samples where the component applies."""
         out = {}
