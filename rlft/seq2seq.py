@@ -143,9 +143,9 @@ def sample(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
 
 def _sample(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, temperature: float = 1.0,
             top_k: int = 0, top_p: float = 1.0, stop=(), eos_ids: list[int] | None = None,
-            generator: torch.Generator | None = None, sync_every: int = 8):
-    # tokens are drawn and finished exactly as in the causal sampler (rollout._draw, rollout._finish)
-    from .rollout import _buffers, _draw, _ends_with_stop, _finish, _stop_window
+            generator: torch.Generator | None = None, sync_every: int = 8, on_done=None):
+    # tokens are drawn, finished and reported (on_done) exactly as in the causal sampler (rollout._draw, _finish)
+    from .rollout import _buffers, _draw, _ends_with_stop, _finish, _report, _stop_window
 
     n, device = prompt_ids.shape[0], prompt_ids.device
     pad, eos, tokens, logps, done, stop_len = _buffers(tokenizer, n, max_new_tokens, eos_ids, device)
@@ -155,6 +155,7 @@ def _sample(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, t
     cache, logits = out.cache, out.logits[:, -1].float()
     window = _stop_window(tokenizer, stop)
     steps = 0
+    reported = torch.zeros(n, dtype=torch.bool, device=device)  # rows handed to on_done
     for t in range(max_new_tokens):
         tok, lp = _draw(logits, temperature, top_k, top_p, generator)                     # [N], [N]
         tokens[:, t], logps[:, t] = tok, lp
@@ -164,8 +165,14 @@ def _sample(model, tokenizer, prompt_ids, prompt_mask, *, max_new_tokens: int, t
             hit_stop = _ends_with_stop(tokenizer, tokens[:, max(0, t + 1 - window):t + 1], stop) & ~done
             stop_len = torch.where(hit_stop, t + 1, stop_len)
             done |= hit_stop
-        if t == max_new_tokens - 1 or ((t + 1) % sync_every == 0 and bool(done.all())):
+        if t == max_new_tokens - 1:
             break
+        if (t + 1) % sync_every == 0:
+            if on_done is not None:
+                reported = _report(on_done, reported, done, tokenizer, prompt_ids, prompt_mask, tokens[:, :t + 1],
+                                   logps[:, :t + 1], eos, stop_len, stop, pad)
+            if bool(done.all()):
+                break
         out = model(encoder_outputs=enc, attention_mask=enc_mask, decoder_input_ids=tok[:, None], cache=cache,
                     use_cache=True)
         cache, logits = out.cache, out.logits[:, -1].float()

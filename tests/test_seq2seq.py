@@ -140,3 +140,17 @@ def test_model_kind(s2s_dirs, tiny_model_dir):
         load_policy(Config.load(None, [f"model.path={s2s_dirs['t5']}", "model.forced_bos_token=zzz_Latn"]).model)
     model, tok = load_policy(Config.load(None, [f"model.path={s2s_dirs['t5']}", "model.forced_bos_token=<s>"]).model)
     assert decoder_prefix(model) == [tok.pad_token_id, tok.bos_token_id]
+
+
+def test_finished_rows_are_reported_as_returned(s2s):
+    """rewards.overlap's hook: at each sync the rows finished since the last one, as the rollout will hold them."""
+    model, tok, ids, mask = s2s
+    reports = []
+    r = sample(model, tok, ids, mask, max_new_tokens=40, temperature=1.0, stop=list("abcdefghijklmnopqrstuvwxyz"),
+               generator=torch.Generator().manual_seed(0), on_done=lambda idx, part: reports.append((idx, part)))
+    rows = [i for idx, _ in reports for i in idx]
+    assert rows and len(rows) == len(set(rows))
+    for idx, part in reports:
+        for j, i in enumerate(idx):
+            assert (part.completions[j], part.finish[j], int(part.lengths[j])) == \
+                (r.completions[i], r.finish[i], int(r.lengths[i]))
