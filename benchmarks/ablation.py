@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent))
 
+from benchmarks import run_child  # noqa: E402
 from benchmarks.vs_trl import build_model, peak_rss_mb, prompts  # noqa: E402
 
 
@@ -92,16 +91,8 @@ def child(kind: str, variant: str, model_dir: str, new_tokens: int, prompt: str 
 
 
 def run(kind: str, variant: str, model_dir: str, new_tokens: int, src: str | None, prompt: str = "short") -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        path = f.name
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([p for p in (src, os.environ.get("PYTHONPATH", "")) if p])}
-    subprocess.run([sys.executable, __file__, "--child", kind, "--variant", variant, "--model-dir", model_dir,
-                    "--new-tokens", str(new_tokens), "--prompt", prompt, "--result", path], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    res = json.loads(Path(path).read_text())
-    os.unlink(path)
-    return res
+    return run_child(__file__, ["--child", kind, "--variant", variant, "--model-dir", model_dir, "--new-tokens",
+                                str(new_tokens), "--prompt", prompt], [src] if src else [])
 
 
 def main() -> None:

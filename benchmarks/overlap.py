@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent))
 
+from benchmarks import run_child  # noqa: E402
 from benchmarks.vs_trl import build_model, machine, reward  # noqa: E402
 from benchmarks.vs_trl import prompts as benchmark_prompts  # noqa: E402
 
@@ -67,16 +66,8 @@ def child(overlap: bool, model_dir: str, reward_ms: float, steps: int, seed: int
 
 
 def run(overlap: bool, model_dir: str, reward_ms: float, steps: int, seed: int) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        path = f.name
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, __file__, "--child", "on" if overlap else "off", "--model-dir", model_dir,
-                    "--reward-ms", str(reward_ms), "--steps", str(steps), "--seed", str(seed), "--result", path],
-                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    res = json.loads(Path(path).read_text())
-    os.unlink(path)
-    return res
+    return run_child(__file__, ["--child", "on" if overlap else "off", "--model-dir", model_dir, "--reward-ms",
+                                str(reward_ms), "--steps", str(steps), "--seed", str(seed)], [str(HERE.parent)])
 
 
 def main() -> None:
