@@ -9,6 +9,7 @@ How it departs from the papers, on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -478,12 +479,12 @@ class _Overlap:
         rest = [i for i in range(len(self.rows)) if i not in sent]
         if rest:
             self._send(rest, ro.select(rest))
-        try:
-            return RewardResult.merge([(idx, f.result()) for idx, f in self.parts], len(self.rows))
-        finally:
-            self.close()
+        return RewardResult.merge([(idx, f.result()) for idx, f in self.parts], len(self.rows))
 
-    def close(self) -> None:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:  # also when sampling or a reward failed: no thread outlives the rollout
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -509,19 +510,11 @@ def collect(model, tok, stream, reward_fns, cfg: Config, gen, step: int, device,
                 break
             continue
         t0 = time.perf_counter()
-        if cfg.rewards.overlap:  # score finished rows while the rest decode
-            overlap = _Overlap(rows, reward_fns, cfg, step, tok.pad_token_id)
-            try:
-                ro = generate(model, tok, rows, cfg, gen, device, engine=engine, on_done=overlap.done)
-            except BaseException:
-                overlap.close()
-                raise
+        overlap = _Overlap(rows, reward_fns, cfg, step, tok.pad_token_id) if cfg.rewards.overlap else None
+        with overlap or contextlib.nullcontext():  # rewards.overlap: finished rows are scored while the rest decode
+            ro = generate(model, tok, rows, cfg, gen, device, engine=engine, on_done=overlap and overlap.done)
             sample_s += time.perf_counter() - t0
-            rew, valid, res = score(rows, ro, reward_fns, cfg, step, res=overlap.finish(ro))
-        else:
-            ro = generate(model, tok, rows, cfg, gen, device, engine=engine)
-            sample_s += time.perf_counter() - t0
-            rew, valid, res = score(rows, ro, reward_fns, cfg, step)
+            rew, valid, res = score(rows, ro, reward_fns, cfg, step, res=overlap.finish(ro) if overlap else None)
         metrics_list.append((len(rows), res.metrics()))
         keep = list(range(len(rows)))
         if a.filter_groups and rounds < a.max_filter_rounds:

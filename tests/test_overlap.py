@@ -102,9 +102,9 @@ def test_parts_are_scored_while_the_rest_decode(tiny_model_dir, tiny_data, monke
     from rlft.rewards import Reward
     from rlft.train import generate
 
-    overlap = _Overlap(rows, [Reward("letters", reward)], cfg, 1, tok.pad_token_id)
-    ro = generate(model, tok, rows, cfg, torch.Generator().manual_seed(0), "cpu", on_done=overlap.done)
-    res = overlap.finish(ro)
+    with _Overlap(rows, [Reward("letters", reward)], cfg, 1, tok.pad_token_id) as overlap:
+        ro = generate(model, tok, rows, cfg, torch.Generator().manual_seed(0), "cpu", on_done=overlap.done)
+        res = overlap.finish(ro)
     assert len(called) >= 2 and called[0] < stepped[-1]  # the first part was scored while decoding went on
     assert [round(x[-1], 9) for x in res.token_rewards] == [round(x, 9) for x in _letters(None, ro.completions)]
 
