@@ -17,9 +17,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config key, value or combination that cannot be used; the message names it."""
+from .errors import ConfigError  # noqa: F401 -- raised here, importable from here
 
 
 def opt(default, doc: str, choices: tuple | None = None):

@@ -17,12 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ConfigError, DataConfig
+from .errors import DataError  # noqa: F401 -- raised here, importable from here
 
 TEXT_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
-
-
-class DataError(ValueError):
-    """A dataset file or row that cannot be used; the message names the file and line."""
 
 
 def where(path, n: int) -> str:

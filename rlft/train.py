@@ -23,6 +23,7 @@ import torch
 
 from . import checkpoint, distributed, estimators, fsdp
 from .config import Config, ConfigError
+from .errors import RunError  # noqa: F401 -- raised here, importable from here
 from .data import PromptStream, columns_of, load_splits
 from .log import NullLogger, RunLogger
 from .loss import Norm, aggregate, kl_penalty, pg_loss, tis_weights
@@ -30,10 +31,6 @@ from .policy import (ValueHead, completion_logp, encode_prompt, format_prompt, f
                      load_policy)
 from .rewards import Reward, RewardResult, check_columns, compute, resolve
 from .rollout import Rollout, hf_generate, sample
-
-
-class RunError(RuntimeError):
-    """The run cannot start or go on; the message says why and what to do."""
 
 
 @dataclass

@@ -32,13 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import RewardError  # noqa: F401 -- raised here, importable from here
+
 RewardFn = Callable[..., list]
 
 REGISTRY: dict[str, RewardFn] = {}
-
-
-class RewardError(RuntimeError):
-    """A reward failed (raised, returned NaN/inf, or returned the wrong shape)."""
 
 
 def register(name: str | None = None, *, strict_args: bool = False):
