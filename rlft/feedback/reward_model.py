@@ -17,6 +17,9 @@ import os
 import random
 from pathlib import Path
 
+from .scale import score_to_reward
+from .store import Store
+
 
 def load(path, device: str | None = None):
     """``(model, tokenizer)`` from a folder, in eval mode; the tokenizer truncates from the left (keeping the
@@ -59,8 +62,6 @@ def score(model, tok, prompts: list[str], completions: list[str], *, batch_size:
 def examples(store, run_id: str | None = None) -> tuple[list[tuple], list[tuple]]:
     """The training examples in a store: ``pairs`` as (prompt, chosen, rejected, y) with y = 1 (or 1/2 for a
     tie) and ``scores`` as (prompt, completion, target)."""
-    from rlft.rewards.human import score_to_reward
-
     pairs, scores = [], []
     for r in store.ratings(run_id=run_id):
         if r["kind"] == "score":
@@ -113,8 +114,6 @@ def train(db, base, out, *, epochs: int = 3, lr: float = 2e-5, batch_size: int =
     it (``save_pretrained``, with the tokenizer and ``rlft_reward_model.json``) to ``out``. Returns metrics:
     the examples used, the mean loss of each epoch, held-in accuracy/MSE before and after."""
     import torch
-
-    from .store import Store
 
     with Store(db) as store:
         pairs, scores = examples(store, run_id)

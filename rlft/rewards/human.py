@@ -30,17 +30,17 @@ import random
 import threading
 import time
 
+from rlft.feedback import reward_model
+from rlft.feedback.scale import score_to_reward
+from rlft.feedback.store import Store
+
 from .base import register, report
 
 log = logging.getLogger(__name__)
 
 MODES = ("score", "pair")
 MISSING = ("drop", "default", "reward_model")
-
-
-def score_to_reward(score: int) -> float:
-    """A 1-5 rating on the reward scale: 1 -> -1, 3 -> 0, 5 -> 1."""
-    return (score - 3) / 2
+__all__ = ["bradley_terry", "human", "score_to_reward"]  # score_to_reward lives in rlft.feedback.scale
 
 
 def _sigmoid(x: float) -> float:
@@ -107,8 +107,6 @@ class _State:
     caller passes no step) and the reward model (loaded on first use)."""
 
     def __init__(self, db: str, run_id: str | None):
-        from rlft.feedback.store import Store
-
         self.store = Store(db)
         self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
         self.store.add_run(self.run_id, {"pid": os.getpid()})
@@ -142,6 +140,89 @@ def _group_pairs(size: int, pairs: str, rng: random.Random) -> list[tuple[int, i
     return [(i, j) if rng.random() < 0.5 else (j, i) for i, j in out]  # A/B side at random: no position bias
 
 
+def _check_args(n: int, *, db, mode: str, group_size: int, fraction: float, missing: str,
+                reward_model_path) -> None:
+    """Raise ``ValueError`` naming the bad argument of the ``human`` reward."""
+    if not db:
+        raise ValueError("the human reward needs args.db: the feedback database (e.g. runs/x/feedback.sqlite)")
+    if mode not in MODES:
+        raise ValueError(f"human reward: mode must be one of {MODES}, got {mode!r}")
+    if missing not in MISSING:
+        raise ValueError(f"human reward: missing must be one of {MISSING}, got {missing!r}")
+    if missing == "reward_model" and not reward_model_path:
+        raise ValueError("human reward: missing: reward_model needs args.reward_model_path")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"human reward: fraction must be in [0, 1], got {fraction}")
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"human reward: {n} samples do not split into groups of group_size={group_size}")
+    if mode == "pair" and group_size < 2:
+        raise ValueError("human reward: mode: pair compares samples of one prompt and needs group_size >= 2")
+
+
+def _ask(st: _State, step: int, prompts: list[str], completions: list[str], *, mode: str, group_size: int,
+         fraction: float, pairs: str, rng: random.Random):
+    """Write the chosen groups' samples and their items in one transaction. Returns ``(item_ids, idx,
+    item_pairs)``: ``idx`` the batch positions written, ``item_pairs`` (pair mode) each item's two positions
+    in ``idx``."""
+    num_groups = len(completions) // group_size
+    k = round(fraction * num_groups)
+    k = max(k, 1) if fraction > 0 and num_groups else k
+    chosen = sorted(rng.sample(range(num_groups), k))
+    idx = [g * group_size + j for g in chosen for j in range(group_size)]
+    item_pairs = None
+    if mode == "pair":
+        item_pairs = [(gi * group_size + i, gi * group_size + j)
+                      for gi in range(len(chosen)) for i, j in _group_pairs(group_size, pairs, rng)]
+    item_ids = st.store.add_samples(st.run_id, step, [prompts[i] for i in idx], [completions[i] for i in idx],
+                                    [i // group_size for i in idx], pairs=item_pairs)
+    return item_ids, idx, item_pairs
+
+
+def _wait(store: Store, item_ids: list[int], timeout_s: float, poll_s: float) -> dict[int, dict]:
+    """Poll until every item is rated or the time is up; the ratings got (and the wait, ``report``ed)."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    while True:
+        got = store.results(item_ids)
+        left = deadline - time.monotonic()
+        if len(got) == len(item_ids) or left <= 0:
+            break
+        time.sleep(min(poll_s, left))
+    report(rated_frac=len(got) / len(item_ids) if item_ids else 0.0, asked=len(item_ids),
+           wait_seconds=time.monotonic() - t0)
+    return got
+
+
+def _pair_rewards(out: list, got: dict, item_ids: list[int], idx: list[int], item_pairs, group_size: int,
+                  prior: float) -> None:
+    """Fill ``out`` with each compared sample's Bradley-Terry strength within its group."""
+    by_group: dict[int, list[tuple[int, int, float]]] = {}
+    for item, (a, b) in zip(item_ids, item_pairs):
+        if item in got:
+            y = {"a": 1.0, "b": 0.0, "tie": 0.5}[got[item]["choice"]]
+            by_group.setdefault(idx[a] // group_size, []).append((idx[a] % group_size, idx[b] % group_size, y))
+    for g, comps in by_group.items():
+        theta = bradley_terry(group_size, comps, prior)
+        seen = {i for c in comps for i in c[:2]}
+        for j in seen:  # a sample in no rated comparison has no strength of its own: it is missing
+            out[g * group_size + j] = theta[j]
+
+
+def _fill_missing(st: _State, out: list, prompts: list[str], completions: list[str], *, missing: str,
+                  default: float, reward_model_path) -> None:
+    """The samples without a rating, per ``missing`` (``drop`` leaves them ``None``)."""
+    todo = [i for i in range(len(out)) if out[i] is None]
+    if todo and missing == "default":
+        for i in todo:
+            out[i] = float(default)
+    elif todo and missing == "reward_model":
+        if st.rm is None or st.rm[0] != reward_model_path:
+            st.rm = (reward_model_path, *reward_model.load(reward_model_path))
+        vals = reward_model.score(*st.rm[1:], [prompts[i] for i in todo], [completions[i] for i in todo])
+        for i, v in zip(todo, vals):
+            out[i] = v
+
+
 @register("human", strict_args=True)
 def human(prompts: list[str], completions: list[str], *, db: str | None = None, step: int | None = None,
           mode: str = "score", group_size: int = 1, fraction: float = 1.0, timeout_s: float = 600.0,
@@ -156,82 +237,26 @@ def human(prompts: list[str], completions: list[str], *, db: str | None = None, 
     ``default`` | ``reward_model``; ``run_id``: names this run in the store (default: time and pid);
     ``pairs``: ``cycle`` | ``all`` (which pairs of a group to ask); ``prior``: the Bradley-Terry L2 prior.
     """
-    if not db:
-        raise ValueError("the human reward needs args.db: the feedback database (e.g. runs/x/feedback.sqlite)")
-    if mode not in MODES:
-        raise ValueError(f"human reward: mode must be one of {MODES}, got {mode!r}")
-    if missing not in MISSING:
-        raise ValueError(f"human reward: missing must be one of {MISSING}, got {missing!r}")
-    if missing == "reward_model" and not reward_model_path:
-        raise ValueError("human reward: missing: reward_model needs args.reward_model_path")
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"human reward: fraction must be in [0, 1], got {fraction}")
     n = len(completions)
-    if group_size < 1 or n % group_size:
-        raise ValueError(f"human reward: {n} samples do not split into groups of group_size={group_size}")
-    if mode == "pair" and group_size < 2:
-        raise ValueError("human reward: mode: pair compares samples of one prompt and needs group_size >= 2")
-
+    _check_args(n, db=db, mode=mode, group_size=group_size, fraction=fraction, missing=missing,
+                reward_model_path=reward_model_path)
     st = _state(db, run_id)
     st.calls += 1
     step = st.calls - 1 if step is None else int(step)
     rng = random.Random(f"{seed}:{st.run_id}:{step}")
-    num_groups = n // group_size
-    k = round(fraction * num_groups)
-    k = max(k, 1) if fraction > 0 and num_groups else k
-    chosen = sorted(rng.sample(range(num_groups), k))
-
-    # Write the chosen groups' samples and their items in one transaction.
-    idx = [g * group_size + j for g in chosen for j in range(group_size)]  # batch positions written
-    item_pairs = None
-    if mode == "pair":
-        item_pairs = [(gi * group_size + i, gi * group_size + j)
-                      for gi in range(len(chosen)) for i, j in _group_pairs(group_size, pairs, rng)]
-    item_ids = st.store.add_samples(st.run_id, step, [prompts[i] for i in idx], [completions[i] for i in idx],
-                                    [i // group_size for i in idx], pairs=item_pairs)
+    item_ids, idx, item_pairs = _ask(st, step, prompts, completions, mode=mode, group_size=group_size,
+                                     fraction=fraction, pairs=pairs, rng=rng)
     if item_ids:
         log.info("human reward: step %d waits up to %.0fs for %d ratings in %s (rlft rate --db %s)",
                  step, timeout_s, len(item_ids), db, db)
-
-    # Poll until everything is rated or the time is up.
-    t0 = time.monotonic()
-    deadline = t0 + timeout_s
-    while True:
-        got = st.store.results(item_ids)
-        left = deadline - time.monotonic()
-        if len(got) == len(item_ids) or left <= 0:
-            break
-        time.sleep(min(poll_s, left))
-
-    report(rated_frac=len(got) / len(item_ids) if item_ids else 0.0, asked=len(item_ids),
-           wait_seconds=time.monotonic() - t0)
+    got = _wait(st.store, item_ids, timeout_s, poll_s)
     out: list[float | None] = [None] * n
     if mode == "score":
         for item, pos in zip(item_ids, idx):
             if item in got:
                 out[pos] = score_to_reward(got[item]["score"])
     else:
-        by_group: dict[int, list[tuple[int, int, float]]] = {}
-        for item, (a, b) in zip(item_ids, item_pairs):
-            if item in got:
-                y = {"a": 1.0, "b": 0.0, "tie": 0.5}[got[item]["choice"]]
-                by_group.setdefault(idx[a] // group_size, []).append((idx[a] % group_size, idx[b] % group_size, y))
-        for g, comps in by_group.items():
-            theta = bradley_terry(group_size, comps, prior)
-            seen = {i for c in comps for i in c[:2]}
-            for j in seen:  # a sample in no rated comparison has no strength of its own: it is missing
-                out[g * group_size + j] = theta[j]
-
-    todo = [i for i in range(n) if out[i] is None]
-    if todo and missing == "default":
-        for i in todo:
-            out[i] = float(default)
-    elif todo and missing == "reward_model":
-        from rlft.feedback.reward_model import load, score
-
-        if st.rm is None or st.rm[0] != reward_model_path:
-            st.rm = (reward_model_path, *load(reward_model_path))
-        vals = score(*st.rm[1:], [prompts[i] for i in todo], [completions[i] for i in todo])
-        for i, v in zip(todo, vals):
-            out[i] = v
+        _pair_rewards(out, got, item_ids, idx, item_pairs, group_size, prior)
+    _fill_missing(st, out, prompts, completions, missing=missing, default=default,
+                  reward_model_path=reward_model_path)
     return out
