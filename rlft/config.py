@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError  # noqa: F401 -- raised here, importable from here
+from .tasks import preset
 
 
 def opt(default, doc: str, choices: tuple | None = None):
@@ -226,7 +227,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     @staticmethod
-    def load(path: str | Path | None = None, overrides: list[str] | None = None) -> "Config":
+    def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
         """YAML file, then ``key=value`` overrides; validated. ``Config.load()`` gives the defaults."""
         raw: dict = {}
         if path is not None:
@@ -257,13 +258,11 @@ class Config:
         return Config.from_dict(raw)
 
     @staticmethod
-    def from_dict(raw: dict) -> "Config":
+    def from_dict(raw: dict) -> Config:
         raw = dict(raw)
         if isinstance(raw.get("rewards"), list):  # sugar: `rewards: [...]` is rewards.components
             raw["rewards"] = {"components": raw["rewards"]}
         if raw.get("task") and isinstance(raw["task"], str):  # the preset goes under the user's keys
-            from .tasks import preset
-
             raw = merge(preset(raw["task"]), raw)
         cfg = _build(Config, raw, "")
         cfg.validate()

@@ -19,8 +19,11 @@ import ast
 import json
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
+from ..rewards.code import run_completions
+from .base import Outputs, Task
 from .code_problems import PROBLEMS, Problem
 
 STYLE_RULES = ("snake_case names for the function, its arguments and variables",
@@ -250,8 +253,6 @@ def evaluate_pass_at_k(rows: list[dict], samples: list[list[str]], ks=(1, 5, 10)
     """pass@k of ``samples[i]`` (n completions of ``rows[i]``): each completion runs in the sandbox
     (through the same extraction as the rewards); a sample is correct when it passes every test.
     Returns ``{"pass@1": ..., "pass@5": ...}`` for the k that every row has samples for."""
-    from ..rewards.code import run_completions
-
     if len(rows) != len(samples):
         raise ValueError(f"{len(rows)} rows but {len(samples)} lists of samples")
     flat_rows = [r for r, s in zip(rows, samples) for _ in s]
@@ -263,6 +264,39 @@ def evaluate_pass_at_k(rows: list[dict], samples: list[list[str]], ks=(1, 5, 10)
         counts.append((len(s), sum(r.all_passed for r in results[i:i + len(s)])))
         i += len(s)
     return pass_at_k_table(counts, ks)
+
+
+# ---------------------------------------------------------------------------------------- the presets
+
+def _code_preset(rewards: list[dict], stop: list[str]) -> Callable[[], dict]:
+    def make() -> dict:
+        return {"data": {"template": "{prompt}"},
+                "rollout": {"max_new_tokens": 384, "temperature": 1.0, "stop": list(stop)},
+                "rewards": {"components": [dict(r) for r in rewards]}}
+    return make
+
+
+def code_metrics(o: Outputs) -> dict:
+    """pass@1 of the greedy completions (share of problems whose program passes every test, in the sandbox);
+    with k samples per problem also the unbiased pass@1 and pass@k of Chen et al. 2021 (``evaluate_pass_at_k``)."""
+    out = {"pass@1 (greedy)": evaluate_pass_at_k(o.rows, [[g] for g in o.greedy], ks=(1,))["pass@1"]}
+    if o.sampled:
+        ks = sorted({1, len(o.sampled[0])})
+        out.update({f"{name} (sampled)": v for name, v in evaluate_pass_at_k(o.rows, o.sampled, ks=ks).items()})
+    return out
+
+
+_STYLE = {"name": "style", "fn": "code_style", "weight": 0.5,
+          "args": {"checks": ["type_hints", "docstring", "snake_case", "no_print", "f_strings", "max_line_length"]}}
+CODE_TASKS = {
+    "code_completion": Task("code_completion", _code_preset([{"fn": "pass_rate"}],
+                                                            ["\ndef ", "\nclass ", "\nif __name__", "\n```"]),
+                            code_metrics, summary="signature + docstring -> body, scored by the tests"),
+    "bug_fixing": Task("bug_fixing", _code_preset([{"fn": "pass_rate"}], []), code_metrics,
+                       summary="a buggy function and a failing test -> the fixed function"),
+    "style_conversion": Task("style_conversion", _code_preset([{"fn": "all_pass"}, _STYLE], []),
+                             code_metrics, summary="a function -> the same behaviour in the house style"),
+}
 
 
 if __name__ == "__main__":

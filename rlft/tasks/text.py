@@ -10,7 +10,11 @@ the tiny one that command trains, ``data/dialogue/reward-model``.
 
 from __future__ import annotations
 
-from . import Outputs, Task
+from ..rewards.embedding import embedding
+from ..rewards.model import reward_model
+from ..rewards.shape import keywords
+from ..rewards.text import ROUGE_KINDS, corpus_bleu, corpus_chrf, corpus_rouge, corpus_ter
+from .base import Outputs, Task
 
 
 def minilm_path() -> str:
@@ -118,8 +122,6 @@ def form(prompts, completions, lines=None, min_words=None, max_words=None, **_):
 def theme_similarity(prompts, completions, theme, *, path: str, device: str | None = None, **_):
     """Embedding similarity (``embedding`` reward, cosine) between the completion and the row's ``theme``
     (e.g. "a poem about the sea at night"), with the sentence-transformers model at ``path``."""
-    from ..rewards.embedding import embedding
-
     return embedding(prompts, completions, reference=theme, path=path, device=device)
 
 
@@ -133,8 +135,6 @@ def conversation_text(prompt) -> str:
 def chat_reward_model(prompts, completions, label=None, *, path: str, **kwargs):
     """``reward_model`` for chat datasets: a prompt given as chat messages is flattened to ``role: content``
     lines (``conversation_text``) before the reward model reads it; text prompts pass unchanged."""
-    from ..rewards.model import reward_model
-
     kwargs = {k: v for k, v in kwargs.items() if k in ("device", "dtype", "batch_size", "max_length",
                                                      "include_prompt", "revision")}
     return reward_model([conversation_text(p) for p in prompts], completions, label, path=path, **kwargs)
@@ -157,8 +157,6 @@ def _flat(o: Outputs):
 def translation_metrics(o: Outputs) -> dict:
     """corpus_bleu, corpus_chrf, corpus_ter: exactly ``rlft.rewards.corpus_*`` on the outputs (TER on the
     reward's scale, 1 - TER/100: higher is better)."""
-    from ..rewards.text import corpus_bleu, corpus_chrf, corpus_ter
-
     def block(hyps, refs, prefix=""):
         return {f"{prefix}corpus_bleu": corpus_bleu(hyps, refs), f"{prefix}corpus_chrf": corpus_chrf(hyps, refs),
                 f"{prefix}corpus_ter": corpus_ter(hyps, refs)}
@@ -173,8 +171,6 @@ def translation_metrics(o: Outputs) -> dict:
 def summarization_metrics(o: Outputs) -> dict:
     """rouge1, rouge2, rougeL, rougeLsum (``corpus_rouge``: the mean F-measure, best reference) and
     length_ratio = total words of the outputs / total words of the references (the first of several)."""
-    from ..rewards.text import ROUGE_KINDS, corpus_rouge
-
     def block(hyps, refs, prefix=""):
         out = {f"{prefix}{k}": corpus_rouge(hyps, refs, kind=k) for k in ROUGE_KINDS}
         first = [r if isinstance(r, str) else next(x for x in r if x is not None) for r in refs]
@@ -212,8 +208,6 @@ def dialogue_metrics(o: Outputs) -> dict:
 def creative_writing_metrics(o: Outputs) -> dict:
     """constraints: share of outputs meeting all of their row's constraints (every ``must_include`` word, as
     the ``keywords`` reward matches them, and every ``form`` constraint); distinct-1/2; length; reward."""
-    from ..rewards.shape import keywords
-
     kw = keywords(o.prompts, o.greedy, required_column="must_include",
                   must_include=[r.get("must_include") for r in o.rows])
     ok = []
