@@ -68,9 +68,18 @@ def create_app(db, *, token: str | None = None, lease_s: float = 600.0,
     ``Host`` header (None: any -- for a server bound to a public address, where the token protects it)."""
     store = Store(db, lease_s=lease_s)
     csrf = secrets.token_urlsafe(32)
-    cookie = "rlft_" + hashlib.sha256((token or "").encode()).hexdigest()[:12]
     app = FastAPI(title="rlft rate", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
+    _add_guard(app, token, csrf, allowed_hosts)
+    _add_error_handlers(app)
+    _add_page_routes(app)
+    _add_api_routes(app, store, csrf, os.path.basename(str(db)))
+    return app
+
+
+def _add_guard(app: FastAPI, token: str | None, csrf: str, allowed_hosts: set | None) -> None:
+    """The middleware every request passes: Host, token, CSRF checks and the security headers."""
+    cookie = "rlft_" + hashlib.sha256((token or "").encode()).hexdigest()[:12]
 
     def authorised(request: Request) -> bool:
         given = (request.headers.get("x-rlft-token") or request.cookies.get(cookie)
@@ -103,6 +112,10 @@ def create_app(db, *, token: str | None = None, lease_s: float = 600.0,
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Errors as ``{"error": message}``: 422 for bad values, 404 for no such item, 409 for a conflict."""
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
         parts = []
@@ -111,20 +124,21 @@ def create_app(db, *, token: str | None = None, lease_s: float = 600.0,
             parts.append(f"{where}: {e.get('msg', 'invalid')}")
         return _error(422, "; ".join(parts))
 
-    @app.exception_handler(Invalid)
-    async def invalid(request: Request, exc: Invalid):
-        return _error(422, str(exc))
+    for exc_type, status in ((Invalid, 422), (NotFound, 404), (Conflict, 409)):
+        app.add_exception_handler(exc_type, _status_handler(status))
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound):
-        return _error(404, str(exc))
 
-    @app.exception_handler(Conflict)
-    async def conflict(request: Request, exc: Conflict):
-        return _error(409, str(exc))
+def _status_handler(status: int):
+    async def handler(request: Request, exc: Exception):
+        return _error(status, str(exc))
+    return handler
 
-    # Handlers are plain functions: FastAPI runs them in its thread pool, and the store gives each thread
-    # its own SQLite connection.
+
+# Handlers are plain functions: FastAPI runs them in its thread pool, and the store gives each thread its own
+# SQLite connection.
+
+def _add_page_routes(app: FastAPI) -> None:
+    """The page itself and its static files."""
 
     @app.get("/")
     def index():
@@ -140,10 +154,13 @@ def create_app(db, *, token: str | None = None, lease_s: float = 600.0,
             return _error(404, f"no static file {name!r}")
         return FileResponse(str(_static_dir() / name), media_type=STATIC[name])
 
+
+def _add_api_routes(app: FastAPI, store: Store, csrf: str, db_name: str) -> None:
+    """The JSON API the page calls; every state change answers with the new progress counts too."""
+
     @app.get("/api/session")
     def session():
-        return {"csrf": csrf, "db": os.path.basename(str(db)), "max_comment": MAX_COMMENT,
-                "lease_s": store.lease_s}
+        return {"csrf": csrf, "db": db_name, "max_comment": MAX_COMMENT, "lease_s": store.lease_s}
 
     @app.get("/api/progress")
     def progress():
@@ -170,8 +187,6 @@ def create_app(db, *, token: str | None = None, lease_s: float = 600.0,
     @app.get("/api/item/{item_id}")
     def get_item(item_id: int):
         return store.get_item(item_id)
-
-    return app
 
 
 def _check_post(request: Request, host: str, csrf: str) -> Response | None:
