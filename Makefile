@@ -27,7 +27,9 @@ dev: $(VENV)/.dev
 demo: $(VENV)/.core
 	$(BIN)/rlft demo
 
+# lint first: a ruff finding fails the target before any test runs (rules: [tool.ruff] in pyproject.toml)
 test: $(VENV)/.dev
+	$(BIN)/ruff check rlft tests benchmarks
 	$(BIN)/python -m pytest -n 2 tests
 
 bench: $(VENV)/.dev

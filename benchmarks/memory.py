@@ -87,11 +87,13 @@ def main() -> None:
     import transformers
 
     meta = {"params": n_params, "hidden": args.hidden, "layers": args.layers, "new_tokens": args.new_tokens,
-            "steps": args.steps, "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
+            "steps": args.steps, "machine": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__, "command": " ".join(sys.argv)}
     (out / "memory.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     base = rows[0].get("peak_rss_mb")
-    lines = [f"Peak memory, {n_params / 1e6:.1f}M-parameter Llama, 8 prompts x 4 samples, {args.new_tokens} new tokens, "
+    lines = [f"Peak memory, {n_params / 1e6:.1f}M-parameter Llama, 8 prompts x 4 samples, {args.new_tokens} new "
+             "tokens, "
              f"{args.steps} steps (torch {torch.__version__}, transformers {transformers.__version__})", "",
              "| setting | peak RSS (MB) | vs first row | peak CUDA (MB) |", "| --- | ---: | ---: | ---: |"]
     for r in rows:

@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent))  # after PYTHONPATH: --rlft-src must win for `rlft`
 
-from benchmarks.vs_trl import MODELS, build_model, machine, peak_rss_mb, prompts
+from benchmarks.vs_trl import MODELS, build_model, machine, peak_rss_mb, prompts  # noqa: E402 -- needs the path
 
 
 def child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats: int, threads: int) -> dict:

@@ -120,7 +120,7 @@ def main():
             walls[name].append(wall)
             results[name] = res
     rows = []
-    for name, mode in sides:
+    for name, _mode in sides:
         wall = statistics.median(walls[name])
         row = {"side": name, "wall_s": round(wall, 2), "programs_per_s": round(len(jobs) / wall, 1),
                "latency_ms": round(1000 * statistics.median(lat[name]), 1),

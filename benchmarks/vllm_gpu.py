@@ -38,7 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.append(str(HERE.parent))
 
-from benchmarks.vs_trl import prompts, reward  # these need no TRL
+from benchmarks.vs_trl import prompts, reward  # noqa: E402 -- needs the path above; these need no TRL
 
 QWEN2_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
              "num_key_value_heads": 2, "max_position_embeddings": 4096, "tie_word_embeddings": True,

@@ -180,8 +180,8 @@ def trl_settings(job: Job) -> dict:
         "estimator": job.estimator,
         "advantage_scale": c.scale_rewards if grpo else ("batch" if c.normalize_advantages else "none"),
         # dapo: sum / active tokens of the whole accumulated batch; RLOO: sequence log-ratio, mean over sequences
-        "loss_aggregation": {"dapo": "sum / tokens in the optimizer batch"}.get(getattr(c, "loss_type", None),
-                                                                                 "sum / sequences in the optimizer batch"),
+        "loss_aggregation": {"dapo": "sum / tokens in the optimizer batch"}.get(
+            getattr(c, "loss_type", None), "sum / sequences in the optimizer batch"),
         "kl_coef": c.beta, "entropy_coef": getattr(c, "entropy_coef", 0.0), "num_iterations": c.num_iterations,
         "clip_eps": (c.epsilon, c.epsilon_high if c.epsilon_high is not None else c.epsilon),
         "mask_truncated": c.mask_truncated_completions,
@@ -378,7 +378,8 @@ def summarize_run(res: dict, job: Job) -> dict:
     cpu_step = statistics.median([b["cpu"] - a["cpu"] for a, b in itertools.pairwise(calls)][1:])
     tokens = statistics.median(c["tokens"] for c in calls)
     tail = calls[-max(1, len(calls) // 4):]
-    return {"s_per_step": s_step, "cpu_s_per_step": cpu_step, "tokens_per_s": tokens / s_step, "peak_rss_mb": res["peak_rss_mb"],
+    return {"s_per_step": s_step, "cpu_s_per_step": cpu_step, "tokens_per_s": tokens / s_step,
+            "peak_rss_mb": res["peak_rss_mb"],
             "final_reward": sum(c["reward"] for c in tail) / len(tail), "curve": [c["reward"] for c in calls],
             "samples": sum(c["n"] for c in calls), "wall_s": res["wall_s"]}
 

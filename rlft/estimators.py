@@ -8,8 +8,8 @@ advantages for a group (or batch) whose rewards are all equal, never NaN.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

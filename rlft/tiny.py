@@ -7,7 +7,7 @@ of a chosen architecture around it.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

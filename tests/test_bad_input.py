@@ -32,17 +32,19 @@ def test_dataset_missing_and_bad_row(capsys, tiny_model_dir, tmp_path):
     rc, err = run_cli(capsys, ["train", *base_overrides(tiny_model_dir, tmp_path / "nope.jsonl", tmp_path / "o")])
     assert rc == 2 and "nope.jsonl does not exist" in err
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "a", "reference": "b"}\n{"prompt": "c", "reference": \n{"prompt": "d", "reference": "e"}\n')
+    bad.write_text('{"prompt": "a", "reference": "b"}\n{"prompt": "c", "reference": \n'
+                   '{"prompt": "d", "reference": "e"}\n')
     rc, err = run_cli(capsys, ["train", *base_overrides(tiny_model_dir, bad, tmp_path / "o")])
     assert rc == 2 and "bad.jsonl, line 2" in err and "not valid JSON" in err
-    rc, err = run_cli(capsys, ["train", *base_overrides(tiny_model_dir, bad, tmp_path / "o2", **{"data.bad_rows": "skip",
-                                                                                                   "train.steps": 1})])
+    over = base_overrides(tiny_model_dir, bad, tmp_path / "o2", **{"data.bad_rows": "skip", "train.steps": 1})
+    rc, err = run_cli(capsys, ["train", *over])
     assert rc == 0
 
 
 def test_prompt_longer_than_context(capsys, tiny_model_dir, tmp_path):
     data = tmp_path / "long.jsonl"
-    data.write_text(json.dumps({"prompt": "x" * 50, "reference": "y"}) + "\n" + json.dumps({"prompt": "ok", "reference": "y"}) + "\n")
+    rows = [{"prompt": "x" * 50, "reference": "y"}, {"prompt": "ok", "reference": "y"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     over = base_overrides(tiny_model_dir, data, tmp_path / "o", **{"data.max_prompt_tokens": 10,
                                                                      "data.long_prompts": "error"})
     rc, err = run_cli(capsys, ["train", *over])

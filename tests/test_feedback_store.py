@@ -143,6 +143,40 @@ def test_skip_and_undo(tmp_path):
         assert counts == {"ann": (0, 0), "bob": (0, 0), "zed": (0, 0)}
 
 
+def _held(store, rater):
+    """The items this rater holds an open lease on now."""
+    rows = store.conn().execute("SELECT id FROM items WHERE done = 0 AND lease_rater = ? AND lease_until > ?",
+                                (rater, time.time())).fetchall()
+    return sorted(r["id"] for r in rows)
+
+
+@pytest.mark.parametrize("action", ["skip", "rate"])
+def test_undo_leaves_the_rater_one_lease(tmp_path, action):
+    """The page asks for the next item after a skip or a rating; undo then brings the first item back. The
+    rater must not hold both (the page showed "2 open now" and the next item was locked away from others)."""
+    with Store(tmp_path / "f.sqlite") as s:
+        i1, i2, i3 = _fill(s, 3)
+        assert s.next_item("ann")["id"] == i1
+        s.skip("ann", i1) if action == "skip" else s.rate("ann", i1, score=2)
+        assert s.next_item("ann")["id"] == i2
+        assert s.undo("ann")["item"]["id"] == i1
+        assert _held(s, "ann") == [i1]
+        assert s.progress()["leased"] == 1
+        assert s.next_item("bob")["id"] == i2  # the item ann was shown before undo is free again
+        assert s.next_item("ann")["id"] == i1  # and ann's open item is the one undo gave back
+
+
+def test_undo_that_cannot_give_the_item_back_keeps_the_current_lease(tmp_path):
+    with Store(tmp_path / "f.sqlite") as s:
+        i1, i2 = _fill(s, 2)
+        s.next_item("ann")
+        s.skip("ann", i1)
+        assert s.next_item("ann")["id"] == i2
+        assert s.next_item("bob")["id"] == i1  # bob holds the skipped item
+        assert s.undo("ann")["item"] is None
+        assert _held(s, "ann") == [i2]  # ann keeps what she was looking at
+
+
 def test_newest_batch_first(tmp_path):
     with Store(tmp_path / "f.sqlite") as s:
         old = _fill(s, 2, step=0)
@@ -221,7 +255,7 @@ def test_many_connections_opening_a_new_database_at_once(tmp_path):
     for trial in range(20):
         db = tmp_path / f"f{trial}.sqlite"
 
-        def open_and_ask():
+        def open_and_ask(db=db):  # bound now: the loop moves on
             try:
                 with Store(db) as s:
                     s.next_item("ann")

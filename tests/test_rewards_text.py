@@ -10,8 +10,18 @@ from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU, CHRF
 
 from rlft.rewards import text
-from rlft.rewards.text import (bleu, chrf, corpus_bleu, corpus_chrf, corpus_rouge, corpus_ter, exact_match, rouge, ter,
-                               token_f1)
+from rlft.rewards.text import (
+    bleu,
+    chrf,
+    corpus_bleu,
+    corpus_chrf,
+    corpus_rouge,
+    corpus_ter,
+    exact_match,
+    rouge,
+    ter,
+    token_f1,
+)
 
 _rng = random.Random(0)
 _WORDS = "the a cat dog sat on mat house big small red runs quickly slowly , . ! ? and of to in".split()
@@ -71,7 +81,8 @@ def test_bleu_equals_sacrebleu(opts):
 def test_bleu_ja_mecab_where_installed():
     pytest.importorskip("MeCab", reason="ja-mecab needs sacrebleu[ja] (mecab-python3, ipadic), not installed")
     c, r = "東京は日本の首都です", "東京は日本の首都である"
-    _close(bleu([""], [c], [r], tokenize="ja-mecab")[0], sacrebleu.sentence_bleu(c, [r], tokenize="ja-mecab").score / 100)
+    want = sacrebleu.sentence_bleu(c, [r], tokenize="ja-mecab").score / 100
+    _close(bleu([""], [c], [r], tokenize="ja-mecab")[0], want)
 
 
 CHRF_OPTS = [{}, {"word_order": 2}, {"whitespace": True}, {"eps_smoothing": True}, {"beta": 1, "char_order": 4},

@@ -11,8 +11,15 @@ from rlft.config import Config, ConfigError
 from rlft.data import check_rows, read_rows
 from rlft.rewards import check_columns, resolve
 from rlft.tasks import Outputs, get, registry
-from rlft.tasks.text import (chat_reward_model, conversation_text, distinct_n, form, length_ratio,
-                             summarization_metrics, translation_metrics)
+from rlft.tasks.text import (
+    chat_reward_model,
+    conversation_text,
+    distinct_n,
+    form,
+    length_ratio,
+    summarization_metrics,
+    translation_metrics,
+)
 
 TEXT = ("translation", "summarization", "dialogue", "creative_writing")
 

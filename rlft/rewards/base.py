@@ -27,10 +27,11 @@ import importlib.util
 import inspect
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import RewardError  # noqa: F401 -- raised here, importable from here
 
@@ -170,7 +171,7 @@ class RewardResult:
     stats: dict[str, float] = field(default_factory=dict)  # what rewards report(): "reward/<name>/<key>"
 
     @staticmethod
-    def merge(parts: list[tuple[list[int], "RewardResult"]], n: int) -> "RewardResult":
+    def merge(parts: list[tuple[list[int], RewardResult]], n: int) -> RewardResult:
         """One result for samples 0..n-1 from results of disjoint parts (each with its sample indices): values in
         sample order; seconds summed (component seconds too); reported stats averaged, weighted by part size."""
         token_rewards: list = [None] * n
@@ -216,7 +217,7 @@ def _finite(x: float) -> bool:
 
 
 def _is_async(fn) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004 -- an object whose __call__ is async
 
 
 def compute(

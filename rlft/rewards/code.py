@@ -8,7 +8,7 @@ with ``check(candidate)``), optional ``entry_point`` (the function ``check`` is 
 | --- | --- | --- |
 | ``pass_rate`` | passed / total, in [0, 1] | |
 | ``all_pass`` | 1 if every test passed, else 0 | |
-| ``coderl`` | +1 all pass; -0.3 some test failed; -0.6 runtime error, timeout, memory, killed; -1 syntax error | Le et al. 2022 (CodeRL) |
+| ``coderl`` | +1 all pass; -0.3 a test failed; -0.6 error, timeout, memory, killed; -1 syntax error | Le et al. 2022 |
 | ``rltf`` | as ``coderl``, but a run whose tests fail gets -0.3 + 1.3 * passed / total | Liu et al. 2023 (RLTF) |
 | ``code_style`` | fraction of the chosen style checks the code passes, in [0, 1] | |
 

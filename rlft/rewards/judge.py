@@ -102,7 +102,7 @@ def _request(url: str, body: bytes, headers: dict, timeout: float) -> str:
             raw = resp.read()
     except urllib.error.HTTPError as e:
         raise _Failure("http_errors", f"HTTP {e.code}", retry=e.code == 429 or e.code >= 500) from None
-    except (TimeoutError, socket.timeout) as e:
+    except TimeoutError as e:
         raise _Failure("timeouts", f"timed out after {timeout}s", retry=True) from e
     except urllib.error.URLError as e:
         if isinstance(e.reason, (TimeoutError, socket.timeout)):

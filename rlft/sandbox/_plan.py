@@ -15,8 +15,9 @@ so each assert statement is one test, and a failing one does not hide the ones a
 passes when every execution of it passed (asserts in a loop run many times), or when it never ran
 because the test code legitimately went around it (``try: f(-1); assert False / except ValueError``)
 and the snippet -- or ``check`` -- holding it ran to its end. In a snippet that stopped on an
-exception, asserts that did not run, and asserts in a loop that did not finish, failed. The rewritten code is compiled here and shipped as code objects, so the sandbox does not
-import ``ast`` (a few milliseconds per program).
+exception, asserts that did not run, and asserts in a loop that did not finish, failed. The rewritten
+code is compiled here and shipped as code objects, so the sandbox does not import ``ast`` (a few
+milliseconds per program).
 """
 
 from __future__ import annotations
