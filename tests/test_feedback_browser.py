@@ -134,3 +134,31 @@ def test_model_output_is_shown_as_text(tmp_path, page):
     assert page.errors == []
     with Store(db) as s:
         assert [r["choice"] for r in s.ratings()] == ["tie"]
+
+
+def test_meta_line_and_one_lease_after_skip_and_undo(tmp_path, page):
+    """The line above the prompt names no internal run id; skip then undo leaves the rater one open item."""
+    db = tmp_path / "feedback.sqlite"
+    run = "20261130-153940-4242"  # what the human reward names a run by default: time and pid
+    with Store(db) as s:
+        i1, i2, i3 = s.add_samples(run, 5, ["Add 2+2"] * 3, ["4", "five", "22"], [0, 1, 2])
+    meta = page.locator("#meta")
+    with start(db) as server:
+        _login(page, server.url, "alice")
+        expect(meta).to_have_text(re.compile(rf"item {i1}$"))
+        assert run not in meta.text_content() and "run" not in meta.text_content()
+        expect(page.locator("#progress")).to_contain_text("(1 open now)")
+        page.keyboard.press("s")
+        expect(meta).to_have_text(re.compile(rf"item {i2}$"))
+        page.keyboard.press("u")
+        expect(meta).to_have_text(re.compile(rf"item {i1}$"))
+        expect(page.locator("#message")).to_contain_text(f"Took back your skip of item {i1}")
+        expect(page.locator("#progress")).to_contain_text("0 rated · 3 pending (1 open now)")
+        # the same after a rating and its undo
+        page.keyboard.press("4")
+        page.keyboard.press("Enter")
+        expect(meta).to_have_text(re.compile(rf"item {i2}$"))
+        page.keyboard.press("u")
+        expect(meta).to_have_text(re.compile(rf"item {i1}$"))
+        expect(page.locator("#progress")).to_contain_text("0 rated · 3 pending (1 open now)")
+    assert page.errors == []

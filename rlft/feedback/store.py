@@ -361,7 +361,8 @@ class Store:
 
     def undo(self, rater: str) -> dict | None:
         """Take back this rater's latest rating or skip. The item returns to the pool leased to them (unless
-        someone else rated or holds it since a skip), so the page can show it again.
+        someone else rated or holds it since a skip), so the page can show it again; any other item they held
+        (the one the page fetched after the rating) is released, so a rater never holds two.
         Returns ``{"undone": <the rating>, "item": <the item, or None>}``, or ``None`` if there is nothing
         to undo. A trainer that already read the rating keeps the value it read."""
         rater = check_rater(rater)
@@ -377,7 +378,13 @@ class Store:
             cur = c.execute("UPDATE items SET lease_rater = ?, lease_until = ? WHERE id = ? AND done = 0 AND "
                             "(lease_rater IS NULL OR lease_rater = ? OR lease_until <= ?)",
                             (rater, now + self.lease_s, r["item_id"], rater, now))
-            item = self._item(c, r["item_id"]) if cur.rowcount else None
+            item = None
+            if cur.rowcount:
+                # The page asked for the next item after the rating/skip; that one goes back to the pool,
+                # so a rater holds one open item at a time (undo repeatedly walks back, one lease each time).
+                c.execute("UPDATE items SET lease_rater = NULL, lease_until = NULL "
+                          "WHERE lease_rater = ? AND done = 0 AND id != ?", (rater, r["item_id"]))
+                item = self._item(c, r["item_id"])
         undone = {k: r[k] for k in ("id", "item_id", "kind", "score", "choice", "comment")}
         return {"undone": undone, "item": item}
 

@@ -75,7 +75,9 @@
       return;
     }
     const pair = item.kind === "pair";
-    $("meta").textContent = `run ${item.run_id} · step ${item.step} · group ${item.group_id} · item ${item.id}`;
+    // What the rater is asked, and the item number the messages ("Saved item 7.") refer to. The run id and
+    // step are the trainer's bookkeeping, not something a rater can use (they stay in the API and export).
+    $("meta").textContent = `${pair ? "Compare two completions of one prompt" : "Score one completion"} · item ${item.id}`;
     $("prompt").textContent = item.prompt;
     $("completion-a").textContent = item.a.completion;
     $("label-a").textContent = pair ? "A" : "Completion";
