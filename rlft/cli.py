@@ -76,10 +76,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_help_config(_args) -> int:
-    from .config import describe
+    from .config import APPLIES_NOTE, describe
 
-    for key, default, doc in describe():
-        print(f"{key} = {default}\n    {doc}")
+    print(f"{APPLIES_NOTE}\n")
+    for k in describe():
+        choices = f"    (one of: {', '.join(map(str, k.choices))})" if k.choices else ""
+        print(f"{k.key} = {k.default}{choices}\n    {k.doc}")
+        if k.applies:
+            print(f"    {k.applies}.")
     return 0
 
 

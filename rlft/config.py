@@ -1,8 +1,17 @@
 """One tree of dataclasses for a run: model, data, rollout, rewards, algo, optim, train, log, sft.
 
-Each field is documented once, where it is declared (``doc=``); that text is also the CLI help
-(``rlft train --help-config``). A config is loaded from YAML, then dotted ``key=value`` overrides apply,
+Each field is documented once, where it is declared (``doc=``, with its allowed values); that text is also
+the CLI help (``rlft config-help``). A config is loaded from YAML, then dotted ``key=value`` overrides apply,
 then it is validated and never changed again. Unknown keys and wrong types are errors that name the key.
+
+Keys that apply only with another key's value (``APPLIES``: ``algo.scale`` only with ``algo.estimator=grpo``,
+the ``rollout.vllm_*`` keys only with ``rollout.engine=vllm``, ...): a key the USER set (in the YAML file or a
+``key=value`` override) to a value other than its default, where it does not apply, is an error naming the
+key, why it does not apply and what would make it apply -- a setting that would silently do nothing. A key
+that a TASK PRESET set (``task: translation`` merges the preset under the user's keys) is not an error: the
+preset was written for the default estimator, engine, ... and the user may have changed those. Either way a
+key that does not apply is then held at its default in the loaded config, so the config describes what runs,
+and the copy saved beside every checkpoint (``Config.save``) loads again without error (resume, ``rlft eval``).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +143,7 @@ ESTIMATORS = ("reinforce", "value", "rloo", "grpo", "reinforce_pp", "remax")
 
 @dataclass
 class AlgoConfig:
-    estimator: str = opt("grpo", "How rewards become advantages (DESIGN.md, 'The math').", ESTIMATORS)
+    estimator: str = opt("grpo", "How rewards become advantages (docs/algorithms.md).", ESTIMATORS)
     baseline: str = opt("batch", "reinforce only: none, ema (moving average of returns), batch (batch mean).",
                         ("none", "ema", "batch"))
     ema_decay: float = opt(0.9, "reinforce with baseline ema: b <- decay * b + (1 - decay) * mean return.")
@@ -262,9 +272,11 @@ class Config:
         raw = dict(raw)
         if isinstance(raw.get("rewards"), list):  # sugar: `rewards: [...]` is rewards.components
             raw["rewards"] = {"components": raw["rewards"]}
+        user = raw
         if raw.get("task") and isinstance(raw["task"], str):  # the preset goes under the user's keys
             raw = merge(preset(raw["task"]), raw)
         cfg = _build(Config, raw, "")
+        _check_applies(cfg, user)
         cfg.validate()
         return cfg
 
@@ -273,9 +285,6 @@ class Config:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    def reward_specs(self) -> list[RewardSpec]:
-        return self.rewards.components
 
     def validate(self) -> None:
         """Cross-field checks; each error names the keys involved."""
@@ -393,15 +402,166 @@ def _coerce(tp, value, key: str, f: dataclasses.Field):
     return value
 
 
-def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every field: the CLI's `--help-config`."""
+class KeyDoc(typing.NamedTuple):
+    """One config key for ``rlft config-help``: its default, documentation, allowed values (empty: any value of
+    its type) and when it applies (empty: always)."""
+
+    key: str
+    default: str
+    doc: str
+    choices: tuple
+    applies: str
+
+
+def describe(cls=Config, prefix: str = "") -> list[KeyDoc]:
+    """Every config key, in declaration order: what ``rlft config-help`` prints."""
     rows = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += describe(tp, prefix + f.name + ".")
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            doc = f.metadata.get("doc", "")
-            rows.append((prefix + f.name, repr(default), doc))
+        key = prefix + f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += describe(hints[f.name], key + ".")
+            continue
+        when = next((f"applies only {r.when}" for r in APPLIES if key in r.keys), "")
+        rows.append(KeyDoc(key, repr(_default_of(f)), f.metadata.get("doc", ""), f.metadata.get("choices") or (),
+                           when))
     return rows
+
+
+# ------------------------------------------------------------------------------ keys that apply only sometimes
+
+APPLIES_NOTE = ("A key marked 'applies only ...' set in your YAML or a key=value override to a value other than its "
+                "default, where it does not apply, is an error (it would do nothing). Set by a task preset, it is "
+                "dropped instead: the loaded and saved config holds its default.")
+
+
+@dataclass(frozen=True)
+class Applies:
+    """``keys`` take effect only when ``test(cfg)`` holds: ``when`` says so in words, ``got`` what the config
+    holds instead, ``fix`` what would make them apply."""
+
+    keys: tuple[str, ...]
+    test: Callable[[Config], bool]
+    when: str
+    got: Callable[[Config], str]
+    fix: str
+
+
+def _est(name: str) -> Applies:
+    return Applies((), lambda c: c.algo.estimator == name, f"to algo.estimator={name}",
+                   lambda c: f"algo.estimator={c.algo.estimator}", f"set algo.estimator={name}")
+
+
+def _on(keys: tuple[str, ...], rule: Applies) -> Applies:
+    return dataclasses.replace(rule, keys=keys)
+
+
+def _vllm(keys: tuple[str, ...]) -> Applies:
+    return Applies(keys, lambda c: c.rollout.engine == "vllm", "with rollout.engine=vllm",
+                   lambda c: f"rollout.engine={c.rollout.engine}", "set rollout.engine=vllm")
+
+
+# Read off the code that uses each key (rlft/train.py and the modules it calls). Not here: rollout.top_k / top_p
+# at temperature 0 (`rlft eval --temperature` samples with the saved config's top_k / top_p), optim.share_prompts
+# (it depends on the model family, known only once the model is loaded), train.eval_max_prompts without an eval
+# split (also read by task evaluation helpers), train.parallel (it depends on the number of processes).
+APPLIES: tuple[Applies, ...] = (
+    _on(("algo.scale",), _est("grpo")),
+    _on(("algo.baseline",), _est("reinforce")),
+    Applies(("algo.ema_decay",), lambda c: c.algo.estimator == "reinforce" and c.algo.baseline == "ema",
+            "to algo.estimator=reinforce with algo.baseline=ema",
+            lambda c: f"algo.estimator={c.algo.estimator}, algo.baseline={c.algo.baseline}",
+            "set algo.estimator=reinforce and algo.baseline=ema"),
+    _on(("algo.group_baseline",), _est("reinforce_pp")),
+    _on(("algo.value_coef",), _est("value")),
+    Applies(("algo.max_filter_rounds",), lambda c: c.algo.filter_groups, "with algo.filter_groups=true",
+            lambda c: "algo.filter_groups=false", "set algo.filter_groups=true"),
+    Applies(("algo.kl_estimator", "algo.kl_in"), lambda c: c.algo.kl_coef > 0,
+            "with algo.kl_coef > 0 (with 0 there is no reference model and no KL)",
+            lambda c: f"algo.kl_coef={c.algo.kl_coef}", "set algo.kl_coef > 0"),
+    # with one pass of one optimizer step the "old" log-probs are the current ones: the ratio is exactly 1 and
+    # nothing is clipped. rollout.engine=vllm does not change that: vLLM's log-probs enter through rollout.tis_cap.
+    Applies(("algo.eps_low", "algo.eps_high"), lambda c: c.algo.num_iterations > 1 or c.algo.mini_batches > 1,
+            "when the ratio can differ from 1: algo.num_iterations > 1 or algo.mini_batches > 1",
+            lambda c: f"algo.num_iterations={c.algo.num_iterations}, algo.mini_batches={c.algo.mini_batches}",
+            "raise algo.num_iterations or algo.mini_batches"),
+    _vllm(("rollout.tis_cap", "rollout.vllm_gpu_memory_utilization", "rollout.vllm_sleep")),
+    Applies(("train.fsdp_offload", "train.fsdp_sampling"), lambda c: c.train.parallel == "fsdp",
+            "with train.parallel=fsdp", lambda c: f"train.parallel={c.train.parallel}", "set train.parallel=fsdp"),
+    Applies(("model.forced_bos_token",), lambda c: c.model.kind != "causal",
+            "to encoder-decoder models (model.kind=seq2seq, or auto on an encoder-decoder checkpoint)",
+            lambda c: "model.kind=causal", "set model.kind=seq2seq or auto"),
+    Applies(("model.lora.alpha", "model.lora.dropout", "model.lora.target_modules", "model.lora.save_merged"),
+            lambda c: c.model.lora.r > 0, "with model.lora.r > 0 (LoRA on)", lambda c: "model.lora.r=0",
+            "set model.lora.r > 0"),
+    Applies(("sft.lr", "sft.batch_size", "sft.warmup_steps"), lambda c: c.sft.steps > 0,
+            "with sft.steps > 0 (a supervised warm start)", lambda c: "sft.steps=0", "set sft.steps > 0"),
+    Applies(("data.eval_fraction",), lambda c: not c.data.eval, "when data.eval is empty (it splits the eval set "
+            "off data.train)", lambda c: f"data.eval={c.data.eval}", "remove data.eval"),
+    Applies(("data.system",), lambda c: c.model.chat_template != "off",
+            "with a chat template (model.chat_template auto or on)", lambda c: "model.chat_template=off",
+            "set model.chat_template=auto or on"),
+    Applies(("train.eval_every",), lambda c: bool(c.data.eval) or c.data.eval_fraction > 0,
+            "with an eval split (data.eval or data.eval_fraction > 0)",
+            lambda c: "no data.eval and data.eval_fraction=0",
+            "set data.eval or data.eval_fraction"),
+    Applies(("log.num_samples",), lambda c: c.log.samples_every > 0, "with log.samples_every > 0",
+            lambda c: "log.samples_every=0", "set log.samples_every > 0"),
+)
+
+
+def _check_applies(cfg: Config, user: dict) -> None:
+    """A key that does not apply: an error when the user set it to a non-default value; held at its default
+    either way (a preset's setting for another estimator, engine, ... is dropped)."""
+    idle = [rule for rule in APPLIES if not rule.test(cfg)]  # all tested before any key is reset
+    for rule in idle:
+        for key in rule.keys:
+            default, value = _default_of(_field_of(key)), _get(cfg, key)
+            if value != default and _user_set(user, key):
+                raise ConfigError(f"{key}={_show(value)} applies only {rule.when} (got {rule.got(cfg)}); remove "
+                                  f"it or {rule.fix}")
+            _set(cfg, key, default)
+
+
+def _field_of(key: str) -> dataclasses.Field:
+    cls = Config
+    *sections, name = key.split(".")
+    for part in sections:
+        cls = typing.get_type_hints(cls)[part]
+    return _fields(cls)[name]
+
+
+def _default_of(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _get(cfg: Config, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _set(cfg: Config, key: str, value) -> None:
+    *sections, name = key.split(".")
+    node = cfg
+    for part in sections:
+        node = getattr(node, part)
+    setattr(node, name, value)
+
+
+def _user_set(raw: dict, key: str) -> bool:
+    """Whether the user's own mapping (before any preset) holds ``key``."""
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _show(value) -> str:
+    """A value as it would be written in a ``key=value`` override."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value if isinstance(value, str) and value else repr(value)
