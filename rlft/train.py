@@ -725,8 +725,10 @@ def evaluate_greedy(model, tok, rows: list[dict], reward_fns, cfg: Config, devic
         cols = columns_of(part, exclude=("_line", "_ids", "_text", "_prompt"))
         if cfg.data.reference_column in cols and "reference" not in cols:
             cols["reference"] = cols[cfg.data.reference_column]
-        res = compute(reward_fns, [row["_prompt"] for row in part], ro.completions, ro.lengths.tolist(), cols,
-                      on_error="drop", group_size=1)
+        lengths = ro.lengths.tolist()
+        res = compute(reward_fns, [row["_prompt"] for row in part], ro.completions, lengths, cols,
+                      on_error="drop", group_size=1,
+                      completion_ids=[row[:n] for row, n in zip(ro.completion_ids.tolist(), lengths)])
         seq = [sum(v) if not bad else None for v, bad in zip(res.token_rewards, res.invalid)]
         totals.setdefault("eval/reward", []).extend(seq)
         for name, vals in res.components.items():

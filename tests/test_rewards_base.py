@@ -8,7 +8,9 @@ import time
 import pytest
 import torch
 
-from rlft.rewards import Reward, RewardError, check_columns, compute, report, required_columns
+from rlft.config import describe
+from rlft.errors import ConfigError
+from rlft.rewards import Reward, RewardError, check_columns, compute, report, required_columns, resolve
 
 
 def const(values):
@@ -88,7 +90,7 @@ def test_wrong_shape_and_duplicate_names():
 
 
 def test_arrays_and_tensors_are_accepted():
-    res = run([Reward("t", lambda p, c, **_: torch.tensor([1.0, 2.0, 3.0]))])
+    res = run([Reward("t", lambda prompts, completions, **_: torch.tensor([1.0, 2.0, 3.0]))])
     assert [t[-1] for t in res.token_rewards] == [1.0, 2.0, 3.0]
 
 
@@ -191,3 +193,60 @@ def test_check_columns_names_the_reward_and_the_column():
     with pytest.raises(ValueError, match=r"reward 'bleu' \(fn needs_ref\) needs 'reference'.*columns: answer, prompt"):
         check_columns([Reward("bleu", needs_ref)], ["prompt", "answer"])
     check_columns([Reward("bleu", needs_ref, args={"reference": "fixed"})], ["prompt"])
+
+
+def test_rewards_are_called_by_keyword_trl_style():
+    seen = {}
+
+    def trl_style(completions, **kwargs):  # TRL's shape: no prompts parameter; the rest arrives in kwargs
+        seen.update(kwargs)
+        return [float(len(c)) for c in completions]
+
+    def named(completions, reference, prompts):  # any order: everything is a keyword
+        return [float(c == r) for c, r in zip(completions, reference)]
+
+    res = compute([Reward("trl", trl_style), Reward("named", named)], ["p1", "p2"], ["ab", "c"], [1, 1],
+                  {"reference": ["ab", "x"]}, completion_ids=[[1, 2], [3]], step=2)
+    assert res.components == {"trl": [2.0, 1.0], "named": [1.0, 0.0]}
+    assert seen == {"prompts": ["p1", "p2"], "reference": ["ab", "x"], "completion_ids": [[1, 2], [3]]}
+    check_columns([Reward("named", named)], ["reference"])  # it takes exactly what it receives
+
+
+def test_check_columns_rejects_a_signature_that_cannot_take_the_call():
+    def no_kwargs(prompts, completions):
+        return [0.0] * len(completions)
+
+    def positional_only(prompts, completions, /, **kw):
+        return [0.0] * len(completions)
+
+    def odd_name(samples, **kw):
+        return [0.0] * len(samples)
+
+    with pytest.raises(ConfigError, match=r"reward 'n' \(fn no_kwargs\) takes no \*\*kwargs, so it cannot receive "
+                                          r"answer.*its signature is no_kwargs\(prompts, completions\); it would "
+                                          r"receive the keywords prompts, completions, answer"):
+        check_columns([Reward("n", no_kwargs)], ["answer"])
+    check_columns([Reward("n", no_kwargs)], [])
+    with pytest.raises(ConfigError, match=r"reward 'p' \(fn positional_only\) takes prompts, "
+                                          r"completions positionally only, but rewards are called by keyword"):
+        check_columns([Reward("p", positional_only)], [])
+    with pytest.raises(ConfigError, match=r"reward 'o' \(fn odd_name\) needs 'samples'.*its signature is "
+                                          r"odd_name\(samples, \*\*kw\)"):
+        check_columns([Reward("o", odd_name)], ["prompt"])
+
+
+def test_unknown_reward_name_suggests_the_nearest(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown reward 'blue'; did you mean 'bleu'\? \(built-in names: .*chrf"):
+        resolve("blue")
+    with pytest.raises(ValueError, match=r"unknown reward 'zzzz' \(built-in names"):
+        resolve("zzzz")
+
+
+def test_error_messages_name_the_real_config_key():
+    def boom(prompts, completions, **_):
+        raise KeyError("x")
+    with pytest.raises(RewardError, match=r"Set rewards\.on_error: drop"):
+        run([Reward("boom", boom)])
+    with pytest.raises(RewardError, match=r"Set rewards\.on_error: drop"):
+        run([Reward("bad", const([float("nan")] * 3))])
+    assert "rewards.on_error" in [row[0] for row in describe()]  # the key the messages name exists
