@@ -138,6 +138,7 @@ class RewardsConfig:
                         "slow (sandboxed tests, judges, remote APIs); the rewards then see the batch in parts.")
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 ESTIMATORS = ("reinforce", "value", "rloo", "grpo", "reinforce_pp", "remax")
 
 
@@ -219,6 +220,8 @@ class LogConfig:
     console: bool = opt(True, "A progress bar and one line per step on the console.")
     samples_every: int = opt(10, "Show and save a table of samples every this many steps; 0 = never.")
     num_samples: int = opt(4, "Samples per table.")
+    report_to: list = opt([], "Trackers that also receive every metrics line, among tensorboard, wandb and mlflow "
+                          "(e.g. [tensorboard, mlflow]); empty = only OUT/metrics.jsonl.")
 
 
 @dataclass
@@ -324,6 +327,12 @@ class Config:
         if self.rewards.overlap and r.engine != "rlft":
             raise ConfigError(f"rewards.overlap needs rlft's own sampler (rollout.engine=rlft, got {r.engine!r}): only "
                               f"it reports rows as they finish")
+        for name in self.log.report_to:
+            if name not in TRACKERS:
+                near = difflib.get_close_matches(str(name), TRACKERS, n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise ConfigError(f"log.report_to names {name!r}, which is not a tracker{hint}; valid: "
+                                  f"{', '.join(TRACKERS)}")
         for i, spec in enumerate(self.rewards.components):
             if not spec.fn:
                 raise ConfigError(f"rewards.components[{i}].fn is empty: name a reward (e.g. fn: bleu)")

@@ -164,3 +164,12 @@ def test_every_shipped_config_saved_and_loaded_again_is_equal(path, tmp_path):
     cfg = Config.load(path)
     cfg.save(tmp_path / "config.yaml")
     assert Config.load(tmp_path / "config.yaml") == cfg
+
+
+def test_report_to_names_trackers():
+    assert Config.load().log.report_to == []
+    assert Config.load(None, ["log.report_to=[tensorboard, mlflow]"]).log.report_to == ["tensorboard", "mlflow"]
+    with pytest.raises(ConfigError) as e:
+        Config.load(None, ["log.report_to=[tensorboard, wandbb]"])
+    assert str(e.value) == ("log.report_to names 'wandbb', which is not a tracker (did you mean wandb?); valid: "
+                            "tensorboard, wandb, mlflow")
