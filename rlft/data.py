@@ -1,25 +1,37 @@
 """Prompt datasets: rows from JSONL / JSON / CSV / TSV / Parquet files or a `datasets` folder (``save_to_disk``),
 a seeded order that a resumed run continues exactly.
 
-A row is a dict. ``data.columns`` first adds columns under new names (``{prompt: question}``); then the prompt
-column becomes the prompt (through ``data.template`` for base models, or the chat template for chat models) and
-every other column travels with it to the rewards as a keyword. A row that cannot be used is an error naming the
-file and line (row, for Parquet and `datasets`), or is skipped and counted (``data.bad_rows: skip``).
+A row is a ``Row``: its line in the file and its columns. ``data.columns`` first adds columns under new names
+(``{prompt: question}``); then the prompt column becomes the prompt (through ``data.template`` for base models, or
+the chat template for chat models) and every other column travels with it to the rewards as a keyword. A column
+the config needs that the file does not have at all is an error naming the file's columns and the config key to
+set; a row that cannot be used is an error naming the file and line (row, for Parquet and `datasets`), or is
+skipped and counted (``data.bad_rows: skip``).
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, DataConfig
-from .errors import DataError  # noqa: F401 -- raised here, importable from here
+from .config import DataConfig
+from .errors import ConfigError, DataError
 
 TEXT_FORMATS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One dataset row."""
+
+    line: int       # its line in a text file (a CSV's header is line 1), else its row number from 1
+    columns: dict   # column name -> value, as read (after data.columns is applied, in check_rows)
 
 
 def where(path, n: int) -> str:
@@ -28,95 +40,110 @@ def where(path, n: int) -> str:
     return f"{path}, {unit} {n}"
 
 
-def read_rows(path: str | Path, bad_rows: str = "error", counts: dict | None = None) -> list[dict]:
-    """All rows of a .jsonl / .json / .csv / .tsv / .parquet file or a `datasets` folder. Each row gets
-    ``_line``: its line in a text file (the header is line 1 of a CSV), else its row number from 1. Bad rows
-    raise (naming file and line) or are skipped and counted in ``counts['bad_rows']``."""
+# ------------------------------------------------------------------------------------------- reading
+
+def read_rows(path: str | Path, bad_rows: str = "error", counts: dict | None = None) -> list[Row]:
+    """All rows of a .jsonl / .json / .csv / .tsv / .parquet file or a `datasets` folder. Bad rows raise (naming
+    file and line) or are skipped and counted in ``counts['bad_rows']``."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"dataset file {path} does not exist")
     counts = counts if counts is not None else {}
-    rows: list[dict] = []
 
     def bad(line: int, why: str):
         if bad_rows == "error":
             raise DataError(f"{where(path, line)}: {why} (set data.bad_rows=skip to skip such rows)")
         counts["bad_rows"] = counts.get("bad_rows", 0) + 1
 
-    suffix = path.suffix.lower()
     if path.is_dir():
         return _read_saved_dataset(path)
-    if suffix in (".jsonl", ".ndjson"):
-        for i, raw in enumerate(path.read_bytes().splitlines(), 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                bad(i, f"not valid UTF-8 (byte {e.start + 1})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad(i, f"not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(row, dict):
-                bad(i, f"expected a JSON object, got {type(row).__name__}")
-                continue
-            rows.append({**row, "_line": i})
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not valid UTF-8 (byte {e.start + 1})") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: a .json dataset must be a list of objects (or use .jsonl, one object a line)")
-        for i, row in enumerate(data, 1):
-            if isinstance(row, dict):
-                rows.append({**row, "_line": i})
-            else:
-                bad(i, f"item {i} is {type(row).__name__}, expected an object")
-    elif suffix in (".csv", ".tsv"):
-        try:
-            text = path.read_text(encoding="utf-8-sig")  # a BOM from spreadsheet exports is not a column name
-        except UnicodeDecodeError as e:
-            line = path.read_bytes()[:e.start].count(b"\n") + 1
-            raise DataError(f"{path}, line {line}: not valid UTF-8") from None
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:  # e.g. a quote left open: nothing after it can be read
-                raise DataError(f"{path}, line {reader.line_num}: {e}") from None
-            line = reader.line_num
-            if None in row or any(v is None for v in row.values()):  # too many fields, or too few
-                extra = row.pop(None, None)
-                n = len(reader.fieldnames) + len(extra) if extra else sum(v is not None for v in row.values())
-                bad(line, f"has {n} fields where the header has {len(reader.fieldnames)}")
-                continue
-            rows.append({**row, "_line": line})
-    elif suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'rlft[data]')") from None
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a broken file
-            raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-        for i, row in enumerate(table.to_pylist(), 1):
-            rows.append({**row, "_line": i})
-    else:
+    suffix = path.suffix.lower()
+    readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
+               ".tsv": _read_csv, ".parquet": _read_parquet}
+    if suffix not in readers:
         raise DataError(f"{path}: unknown dataset format {suffix!r} (use .jsonl, .json, .csv, .tsv, .parquet or a "
                         f"folder written by datasets' save_to_disk)")
+    return readers[suffix](path, bad)
+
+
+def _read_jsonl(path: Path, bad: Callable[[int, str], None]) -> list[Row]:
+    rows = []
+    for i, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad(i, f"not valid UTF-8 (byte {e.start + 1})")
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad(i, f"not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(row, dict):
+            bad(i, f"expected a JSON object, got {type(row).__name__}")
+            continue
+        rows.append(Row(i, row))
     return rows
 
 
-def _read_saved_dataset(path: Path) -> list[dict]:
+def _read_json(path: Path, bad: Callable[[int, str], None]) -> list[Row]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 (byte {e.start + 1})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: a .json dataset must be a list of objects (or use .jsonl, one object a line)")
+    rows = []
+    for i, row in enumerate(data, 1):
+        if isinstance(row, dict):
+            rows.append(Row(i, row))
+        else:
+            bad(i, f"item {i} is {type(row).__name__}, expected an object")
+    return rows
+
+
+def _read_csv(path: Path, bad: Callable[[int, str], None]) -> list[Row]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a BOM from spreadsheet exports is not a column name
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not valid UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    rows = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:  # e.g. a quote left open: nothing after it can be read
+            raise DataError(f"{path}, line {reader.line_num}: {e}") from None
+        line = reader.line_num
+        if None in row or any(v is None for v in row.values()):  # too many fields, or too few
+            extra = row.pop(None, None)
+            n = len(reader.fieldnames) + len(extra) if extra else sum(v is not None for v in row.values())
+            bad(line, f"has {n} fields where the header has {len(reader.fieldnames)}")
+            continue
+        rows.append(Row(line, row))
+    return rows
+
+
+def _read_parquet(path: Path, bad: Callable[[int, str], None]) -> list[Row]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'rlft[data]')") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a broken file
+        raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    return [Row(i, row) for i, row in enumerate(table.to_pylist(), 1)]
+
+
+def _read_saved_dataset(path: Path) -> list[Row]:
     """A folder written by ``datasets.Dataset.save_to_disk`` (one split)."""
     if (path / "dataset_dict.json").exists():
         splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
@@ -134,8 +161,10 @@ def _read_saved_dataset(path: Path) -> list[dict]:
         raise DataError(f"{path}: cannot read the datasets folder ({type(e).__name__}: {e})") from None
     if isinstance(ds, datasets.DatasetDict):  # pragma: no cover -- caught above by dataset_dict.json
         raise DataError(f"{path} holds several splits ({', '.join(ds)}); give one split's folder")
-    return [{**row, "_line": i} for i, row in enumerate(ds.to_list(), 1)]
+    return [Row(i, row) for i, row in enumerate(ds.to_list(), 1)]
 
+
+# ------------------------------------------------------------------------------------------ checking
 
 def _is_messages(v) -> bool:
     return isinstance(v, list) and bool(v) and all(
@@ -146,40 +175,82 @@ def _is_reference(v) -> bool:
     return isinstance(v, str) or (isinstance(v, list) and all(x is None or isinstance(x, str) for x in v))
 
 
-def check_rows(rows: list[dict], path, cfg: DataConfig, counts: dict, needs_reference: bool) -> list[dict]:
+def _column_missing(path, present: list[str], column: str, key: str, what: str, taken=()) -> DataError:
+    """A column the config needs that no row of the file has: name the file's columns and what to set (the
+    example is the file's column nearest in name, else its first one not ``taken`` by the prompt)."""
+    place = "header" if Path(path).suffix.lower() in (".csv", ".tsv") else "rows"
+    free = [c for c in present if c not in taken] or present
+    near = difflib.get_close_matches(column, free, n=1, cutoff=0.5)
+    example = near[0] if near else (free[0] if free else "question")
+    return DataError(f"{path}: no column {column!r} ({what}) in the file's {place}; its columns are "
+                     f"{', '.join(present) or 'none'}. Set {key} to the column that holds it (e.g. "
+                     f"{key}={example}), or copy one into {column!r} with data.columns (e.g. "
+                     f"data.columns={{{column}: {example}}})")
+
+
+def _check_columns_exist(rows: list[Row], path, cfg: DataConfig, needs_reference: bool) -> None:
+    """Columns the config names that are missing from EVERY row (for a CSV: from its header) are a file error, not
+    one error per row -- skipping rows (data.bad_rows=skip) cannot help."""
+    if not rows:
+        return
+    present = list(dict.fromkeys(k for r in rows for k in r.columns))
+    after = set(present)
+    for new, src in cfg.columns.items():  # in order: a mapping may copy a column an earlier one added
+        if src not in after:
+            raise DataError(f"{path}: data.columns copies column {src!r} into {new!r}, but the file has no column "
+                            f"{src!r}; its columns are {', '.join(present) or 'none'}")
+        after.add(new)
+    if cfg.prompt_column not in after:
+        raise _column_missing(path, present, cfg.prompt_column, "data.prompt_column", "the prompts")
+    if needs_reference and cfg.reference_column not in after:
+        raise _column_missing(path, present, cfg.reference_column, "data.reference_column", "the references",
+                              taken={cfg.prompt_column, cfg.columns.get(cfg.prompt_column)})
+
+
+def _row_problem(columns: dict, cfg: DataConfig, needs_reference: bool) -> str | None:
+    """What is wrong with one row's values (after data.columns), or None."""
+    p, r = columns.get(cfg.prompt_column), columns.get(cfg.reference_column)
+    if p is None or p == "" or p == []:
+        return f"no {cfg.prompt_column!r} value (data.prompt_column)"
+    if not isinstance(p, str) and not _is_messages(p):
+        return (f"the {cfg.prompt_column!r} value is a {type(p).__name__}; expected text or a list of chat "
+                f"messages ({{'role': ..., 'content': ...}})")
+    if needs_reference and r in (None, "", []):
+        return f"no {cfg.reference_column!r} value (data.reference_column)"
+    if r is not None and not _is_reference(r):
+        return f"the {cfg.reference_column!r} value is a {type(r).__name__}; expected text or a list of texts"
+    return None
+
+
+def check_rows(rows: list[Row], path, cfg: DataConfig, counts: dict, needs_reference: bool) -> list[Row]:
     """Apply ``cfg.columns`` and check each row: a prompt (a non-empty string or a list of chat messages with
     ``role`` and ``content``), a reference (when present: a string or a list of strings; required when
-    ``needs_reference``)."""
+    ``needs_reference``). A column missing from the whole file is one error naming the file's columns."""
+    _check_columns_exist(rows, path, cfg, needs_reference)
     out = []
     for row in rows:
-        why = None
-        for new, src in cfg.columns.items():
-            if src not in row:
-                why = f"no column {src!r} to copy into {new!r} (data.columns)"
-                break
-            row = {**row, new: row[src]}
-        p, r = row.get(cfg.prompt_column), row.get(cfg.reference_column)
-        if why:
-            pass
-        elif p is None or p == "" or p == []:
-            why = f"no {cfg.prompt_column!r} value (data.prompt_column)"
-        elif not isinstance(p, str) and not _is_messages(p):
-            why = (f"the {cfg.prompt_column!r} value is a {type(p).__name__}; expected text or a list of chat "
-                   f"messages ({{'role': ..., 'content': ...}})")
-        elif needs_reference and r in (None, "", []):
-            why = f"no {cfg.reference_column!r} value (data.reference_column)"
-        elif r is not None and not _is_reference(r):
-            why = f"the {cfg.reference_column!r} value is a {type(r).__name__}; expected text or a list of texts"
+        columns, why = _apply_columns(row.columns, cfg.columns)
+        why = why or _row_problem(columns, cfg, needs_reference)
         if why:
             if cfg.bad_rows == "error":
-                raise DataError(f"{where(path, row['_line'])}: {why} (set data.bad_rows=skip to skip such rows)")
+                raise DataError(f"{where(path, row.line)}: {why} (set data.bad_rows=skip to skip such rows)")
             counts["bad_rows"] = counts.get("bad_rows", 0) + 1
             continue
-        out.append(row)
+        out.append(Row(row.line, columns))
     return out
 
 
-def load_splits(cfg: DataConfig, seed: int, needs_reference: bool = False) -> tuple[list[dict], list[dict], dict]:
+def _apply_columns(columns: dict, mapping: dict) -> tuple[dict, str | None]:
+    """``data.columns`` on one row, in order: (the columns, None) or (unchanged, why not)."""
+    out = columns
+    for new, src in mapping.items():
+        if src not in out:
+            return columns, f"no column {src!r} to copy into {new!r} (data.columns)"
+        out = {**out, new: out[src]}
+    return out, None
+
+
+def load_splits(cfg: DataConfig, seed: int, needs_reference: bool = False) -> tuple[list[Row], list[Row], dict]:
     """(train rows, eval rows, counts) from the config: a given eval file or a seeded fraction."""
     if not cfg.train:
         raise ConfigError("data.train is empty: give a .jsonl, .csv or .parquet file of prompts (or a datasets "
@@ -207,7 +278,7 @@ def load_splits(cfg: DataConfig, seed: int, needs_reference: bool = False) -> tu
 class PromptStream:
     """Endless seeded epochs over the rows. ``state()`` / ``load_state()`` make resume exact."""
 
-    rows: list[dict]
+    rows: list                 # any rows (Row, or the trainer's encoded prompts)
     seed: int
     shuffle: bool = True
     epoch: int = 0
@@ -223,7 +294,7 @@ class PromptStream:
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
         return order
 
-    def next(self, n: int) -> list[dict]:
+    def next(self, n: int) -> list:
         out = []
         while len(out) < n:
             if self.pos >= len(self._order):
@@ -241,11 +312,11 @@ class PromptStream:
         self._order = self._epoch_order(self.epoch)
 
 
-def columns_of(rows: list[dict], exclude: tuple = ("_line",)) -> dict[str, list]:
-    """Column lists aligned with ``rows`` (the keywords rewards receive)."""
+def columns_of(rows: list[Row]) -> dict[str, list]:
+    """Column lists aligned with ``rows`` (the keywords rewards receive); a row without a column gives None."""
     keys: list[str] = []
     for r in rows:
-        for k in r:
-            if k not in keys and k not in exclude:
+        for k in r.columns:
+            if k not in keys:
                 keys.append(k)
-    return {k: [r.get(k) for r in rows] for k in keys}
+    return {k: [r.columns.get(k) for r in rows] for k in keys}

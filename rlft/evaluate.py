@@ -22,8 +22,6 @@ from pathlib import Path
 from .config import Config, ConfigError
 from .data import DataError, check_rows, columns_of, read_rows
 
-HIDDEN = ("_line", "_ids", "_text", "_prompt")
-
 
 def saved_config(ckpt: Path) -> Path | None:
     """The config saved with a checkpoint: its own, else its run folder's (e.g. for ``sft-model``)."""
@@ -107,7 +105,7 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, task: str = "", samp
         if not reward_fns:
             return {}
         rep = [r for r in rows for _ in range(m)]
-        cols = columns_of(rep, exclude=HIDDEN)
+        cols = columns_of([r["_row"] for r in rep])
         if d.reference_column in cols and "reference" not in cols:
             cols["reference"] = cols[d.reference_column]
         ids = [tok(c, add_special_tokens=False)["input_ids"] for c in completions]
@@ -121,7 +119,7 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, task: str = "", samp
         return out
 
     refs = [r.get(d.reference_column) for r in rows]
-    out = tasks.Outputs(rows=[{k: v for k, v in r.items() if k not in HIDDEN} for r in rows],
+    out = tasks.Outputs(rows=[r["_row"].columns for r in rows],
                         prompts=[r["_prompt"] for r in rows], references=refs, greedy=greedy, sampled=sampled,
                         score=score)
     metrics = spec.metrics(out)

@@ -24,7 +24,7 @@ import torch
 from . import checkpoint, distributed, estimators, fsdp
 from .config import Config, ConfigError
 from .errors import RunError  # noqa: F401 -- raised here, importable from here
-from .data import PromptStream, columns_of, load_splits
+from .data import PromptStream, Row, columns_of, load_splits
 from .log import NullLogger, RunLogger
 from .loss import Norm, aggregate, kl_penalty, pg_loss, tis_weights
 from .policy import (ValueHead, completion_logp, encode_prompt, format_prompt, frozen_copy, left_pad,
@@ -82,19 +82,20 @@ class Prompts:
         self.cfg, self.tok = cfg, tokenizer
         self.counts = {"truncated_prompts": 0, "skipped_prompts": 0}
 
-    def prompt(self, row: dict):
+    def prompt(self, row: Row):
         """The prompt as the rewards see it: the template applied (a string) or the chat messages."""
         d = self.cfg.data
-        raw = row[d.prompt_column]
+        raw = row.columns[d.prompt_column]
         if isinstance(raw, str):
             try:
-                raw = d.template.format(**{**row, "prompt": raw})
+                raw = d.template.format(**{**row.columns, "prompt": raw})
             except KeyError as e:
                 raise ConfigError(f"data.template {d.template!r} names column {e} that row at line "
-                                  f"{row.get('_line')} does not have") from None
+                                  f"{row.line} does not have") from None
         return raw
 
-    def encode(self, rows: list[dict], where: str) -> list[dict]:
+    def encode(self, rows: list[Row], where: str) -> list[dict]:
+        """Each row's columns plus ``_row`` (the Row), ``_prompt``, ``_text`` and ``_ids``."""
         d = self.cfg.data
         out = []
         for row in rows:
@@ -103,7 +104,7 @@ class Prompts:
             ids = encode_prompt(self.tok, text, self.cfg.model.add_bos)
             if len(ids) > d.max_prompt_tokens:
                 if d.long_prompts == "error":
-                    raise RunError(f"{where}, line {row.get('_line')}: the prompt has {len(ids)} tokens, over "
+                    raise RunError(f"{where}, line {row.line}: the prompt has {len(ids)} tokens, over "
                                    f"data.max_prompt_tokens={d.max_prompt_tokens} (or set data.long_prompts to "
                                    f"truncate or skip)")
                 if d.long_prompts == "skip":
@@ -111,7 +112,7 @@ class Prompts:
                     continue
                 ids = ids[-d.max_prompt_tokens:]
                 self.counts["truncated_prompts"] += 1
-            out.append({**row, "_prompt": prompt, "_text": text, "_ids": ids})
+            out.append({**row.columns, "_row": row, "_prompt": prompt, "_text": text, "_ids": ids})
         return out
 
 
@@ -420,7 +421,7 @@ def generate(model, tok, rows: list[dict], cfg: Config, gen, device, greedy: boo
 
 def _rewards(rows, ro: Rollout, reward_fns, cfg: Config, step: int) -> RewardResult:
     """Every reward on the completions of ``ro`` (one per row of ``rows``)."""
-    cols = columns_of(rows, exclude=("_line", "_ids", "_text", "_prompt"))
+    cols = columns_of([row["_row"] for row in rows])
     if cfg.data.reference_column in cols and "reference" not in cols:
         cols["reference"] = cols[cfg.data.reference_column]
     lengths = ro.lengths.tolist()
@@ -722,7 +723,7 @@ def evaluate_greedy(model, tok, rows: list[dict], reward_fns, cfg: Config, devic
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
         ro = generate(model, tok, part, cfg, None, device, greedy=True)
-        cols = columns_of(part, exclude=("_line", "_ids", "_text", "_prompt"))
+        cols = columns_of([row["_row"] for row in part])
         if cfg.data.reference_column in cols and "reference" not in cols:
             cols["reference"] = cols[cfg.data.reference_column]
         lengths = ro.lengths.tolist()

@@ -126,3 +126,29 @@ def test_prompt_and_completion_past_learned_positions(capsys, tiny_data, tmp_pat
     rc, err = run_cli(capsys, ["train", *base_overrides(path, tiny_data, tmp_path / "o", **{
         "data.max_prompt_tokens": 60, "rollout.max_new_tokens": 8})])
     assert rc == 2 and "64 learned positions" in err and "data.max_prompt_tokens=60" in err
+
+
+def test_a_csv_without_the_prompt_column(capsys, tiny_model_dir, tmp_path):
+    data = tmp_path / "qa.csv"
+    data.write_text("question,answer\n2+2=,4\n3+3=,6\n")
+    for extra in ({}, {"data.bad_rows": "skip"}):
+        rc, err = run_cli(capsys, ["train", *base_overrides(tiny_model_dir, data, tmp_path / "o", **extra)])
+        assert rc == 2 and "no column 'prompt'" in err and "its columns are question, answer" in err, err
+        assert "data.columns={prompt: question}" in err and "no usable rows" not in err
+    # rlft sft needs references: a file without the reference column says which key to set
+    rc, err = run_cli(capsys, ["sft", *base_overrides(tiny_model_dir, data, tmp_path / "o",
+                                                      **{"data.columns": "{prompt: question}", "sft.steps": 1})])
+    assert rc == 2 and "no column 'reference'" in err and "data.reference_column=answer" in err, err
+
+
+def test_unknown_reward_name_and_a_reward_that_cannot_take_keywords(capsys, tiny_model_dir, tiny_data, tmp_path):
+    rc, err = run_cli(capsys, ["train", *base_overrides(tiny_model_dir, tiny_data, tmp_path / "o",
+                                                        **{"rewards": "[{fn: blue}]"})])
+    assert rc == 2 and "unknown reward 'blue'; did you mean 'bleu'?" in err and "exact_match" in err
+    f = tmp_path / "strict.py"
+    f.write_text("def strict(prompts, completions):\n    return [0.0] * len(completions)\n")
+    rc, err = run_cli(capsys, ["train", *base_overrides(tiny_model_dir, tiny_data, tmp_path / "o",
+                                                        **{"rewards": f"[{{fn: '{f}:strict'}}]"})])
+    assert rc == 2 and "reward 'strict' takes no **kwargs, so it cannot receive prompt, reference (" in err
+    assert "its signature is strict(prompts, completions)" in err
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()

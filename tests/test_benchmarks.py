@@ -66,6 +66,7 @@ def test_both_sides_score_the_same_samples_alike(model_dir, tmp_path):
     import datasets
     import trl
 
+    from rlft.data import Row
     from rlft.rewards import Reward
     from rlft.train import Prompts, score
 
@@ -73,7 +74,7 @@ def test_both_sides_score_the_same_samples_alike(model_dir, tmp_path):
     job = Job(estimator="grpo", max_new_tokens=24, batch_prompts=4)
     # rlft: the trainer's own scoring of the rollout
     cfg = vs_trl.rlft_config(job, model_dir, str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
-    rows = Prompts(cfg, tok).encode([{"prompt": t, "_line": i} for i, t in enumerate(texts)], "test")
+    rows = Prompts(cfg, tok).encode([Row(i, {"prompt": t}) for i, t in enumerate(texts)], "test")
     dense, valid, _ = score(rows, ro, [Reward("reward", reward)], cfg, 1)
     ours = (dense * ro.completion_mask).sum(-1)
     # TRL: its decoding of the same token ids (cut after EOS) and its reward call

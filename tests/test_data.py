@@ -8,7 +8,7 @@ import pytest
 
 from conftest import base_overrides
 from rlft.config import Config, ConfigError
-from rlft.data import DataError, PromptStream, check_rows, load_splits, read_rows
+from rlft.data import DataError, PromptStream, Row, check_rows, columns_of, load_splits, read_rows
 
 ROWS = [{"prompt": "2+2=", "reference": ["4"], "level": 1}, {"prompt": "3+5=", "reference": ["8", "eight"], "level": 2}]
 
@@ -18,7 +18,7 @@ def _data(**over):
 
 
 def _strip(rows):
-    return [{k: v for k, v in r.items() if k != "_line"} for r in rows]
+    return [r.columns for r in rows]
 
 
 # ------------------------------------------------------------------------------------------ loaders
@@ -33,13 +33,13 @@ def test_jsonl_json_csv_tsv_parquet_and_datasets_folder_give_the_same_rows(tmp_p
     for name in ("a.jsonl", "a.json", "a.parquet"):
         rows = read_rows(tmp_path / name)
         assert _strip(rows) == ROWS, name
-        assert [r["_line"] for r in rows] == [1, 2]
+        assert [r.line for r in rows] == [1, 2]
     (tmp_path / "a.csv").write_text('prompt,reference,level\n2+2=,4,1\n"3+5=","8, or eight",2\n')
     (tmp_path / "a.tsv").write_text("prompt\treference\n2+2=\t4\n")
     rows = read_rows(tmp_path / "a.csv")
     assert _strip(rows) == [{"prompt": "2+2=", "reference": "4", "level": "1"},
                             {"prompt": "3+5=", "reference": "8, or eight", "level": "2"}]
-    assert [r["_line"] for r in rows] == [2, 3]  # the header is line 1
+    assert [r.line for r in rows] == [2, 3]  # the header is line 1
     assert _strip(read_rows(tmp_path / "a.tsv")) == [{"prompt": "2+2=", "reference": "4"}]
 
 
@@ -90,13 +90,13 @@ def test_bad_rows_skipped_and_counted_when_configured(tmp_path):
     assert counts == {"bad_rows": 2} and len(rows) == 6
     rows = check_rows(rows, p, _data(bad_rows="skip"), counts, needs_reference=False)
     assert counts == {"bad_rows": 6}
-    assert [r["_line"] for r in rows] == [1, 8]  # the chat-messages row is a valid prompt
+    assert [r.line for r in rows] == [1, 8]  # the chat-messages row is a valid prompt
     with pytest.raises(DataError, match=r"mixed.jsonl, line 2: not valid JSON .* data.bad_rows=skip"):
         read_rows(p)
 
 
 @pytest.mark.parametrize("row,needle", [
-    ({"question": "a"}, "line 1: no 'prompt' value (data.prompt_column)"),
+    ({"prompt": None}, "line 1: no 'prompt' value (data.prompt_column)"),
     ({"prompt": ""}, "line 1: no 'prompt' value"),
     ({"prompt": 3}, "line 1: the 'prompt' value is a int; expected text or a list of chat messages"),
     ({"prompt": [{"content": "hi"}]}, "expected text or a list of chat messages"),
@@ -113,9 +113,9 @@ def test_bad_row_values_are_errors_naming_the_line(tmp_path, row, needle):
 
 def test_missing_reference_only_matters_when_needed(tmp_path):
     p = tmp_path / "r.jsonl"
-    p.write_text('{"prompt": "a"}\n')
-    assert len(check_rows(read_rows(p), p, _data(), {}, needs_reference=False)) == 1
-    with pytest.raises(DataError, match="line 1: no 'reference' value"):
+    p.write_text('{"prompt": "a", "reference": "x"}\n{"prompt": "b"}\n')
+    assert len(check_rows(read_rows(p), p, _data(), {}, needs_reference=False)) == 2
+    with pytest.raises(DataError, match="line 2: no 'reference' value"):
         check_rows(read_rows(p), p, _data(), {}, needs_reference=True)
 
 
@@ -135,17 +135,24 @@ def test_columns_mapping_copies_columns_and_names_a_missing_source(tmp_path):
     p.write_text(json.dumps({"question": "2+2=", "answers": ["4", "four"]}) + "\n")
     cfg = _data(train=str(p), columns="{prompt: question, reference: answers}")
     train, _, _ = load_splits(cfg, seed=0, needs_reference=True)
-    assert train[0]["prompt"] == "2+2=" and train[0]["reference"] == ["4", "four"] and train[0]["question"] == "2+2="
+    assert train[0].columns == {"question": "2+2=", "answers": ["4", "four"], "prompt": "2+2=",
+                                "reference": ["4", "four"]}
     bad = _data(train=str(p), columns="{prompt: query}")
-    with pytest.raises(DataError, match=r"qa.jsonl, line 1: no column 'query' to copy into 'prompt' \(data.columns\)"):
+    with pytest.raises(DataError, match=r"qa.jsonl: data.columns copies column 'query' into 'prompt', but the file "
+                                        r"has no column 'query'; its columns are question, answers"):
         load_splits(bad, seed=0)
+    # a source column that only some rows lack is an error on those rows
+    p.write_text(json.dumps({"question": "2+2="}) + "\n" + json.dumps({"q": "3+3="}) + "\n")
+    with pytest.raises(DataError, match=r"qa.jsonl, line 2: no column 'question' to copy into 'prompt' "
+                                        r"\(data.columns\)"):
+        load_splits(_data(train=str(p), columns="{prompt: question}"), seed=0)
 
 
 def test_prompt_and_reference_columns_by_name(tmp_path):
     p = tmp_path / "qa.jsonl"
     p.write_text(json.dumps({"q": "2+2=", "a": "4"}) + "\n")
     train, _, _ = load_splits(_data(train=str(p), prompt_column="q", reference_column="a"), 0, needs_reference=True)
-    assert train[0]["q"] == "2+2="
+    assert train[0].columns["q"] == "2+2=" and columns_of(train) == {"q": ["2+2="], "a": ["4"]}
 
 
 # ------------------------------------------------------------------------------------------- splits
@@ -156,13 +163,14 @@ def test_eval_split_from_a_file_or_a_seeded_fraction(tmp_path):
     e = tmp_path / "e.jsonl"
     e.write_text(json.dumps({"prompt": "held"}) + "\n")
     train, evals, _ = load_splits(_data(train=str(p), eval=str(e)), 0)
-    assert len(train) == 40 and [r["prompt"] for r in evals] == ["held"]
+    assert len(train) == 40 and [r.columns["prompt"] for r in evals] == ["held"]
     split = lambda seed: load_splits(_data(train=str(p), eval_fraction=0.25), seed)  # noqa: E731
     train, evals, _ = split(0)
     assert len(evals) == 10 and len(train) == 30
-    assert not {r["prompt"] for r in train} & {r["prompt"] for r in evals}
-    assert [r["prompt"] for r in split(0)[1]] == [r["prompt"] for r in evals]      # same seed, same split
-    assert [r["prompt"] for r in split(1)[1]] != [r["prompt"] for r in evals]      # another seed, another split
+    assert not {r.columns["prompt"] for r in train} & {r.columns["prompt"] for r in evals}
+    prompts = lambda rows: [r.columns["prompt"] for r in rows]  # noqa: E731
+    assert prompts(split(0)[1]) == prompts(evals)      # same seed, same split
+    assert prompts(split(1)[1]) != prompts(evals)      # another seed, another split
     with pytest.raises(ConfigError, match="data.train is empty"):
         load_splits(_data(), 0)
 
@@ -195,10 +203,10 @@ def test_template_names_any_column_and_a_missing_one_is_an_error():
 
     tok = byte_tokenizer()
     pr = _prompts(tok, template='"Q ({level}): {prompt}\\nA:"')
-    enc = pr.encode([{**ROWS[0], "_line": 1}], "d.jsonl")[0]  # the row: prompt 2+2=, level 1
+    enc = pr.encode([Row(1, ROWS[0])], "d.jsonl")[0]  # the row: prompt 2+2=, level 1
     assert enc["_prompt"] == enc["_text"] == "Q (1): 2+2=\nA:" and tok.decode(enc["_ids"]) == enc["_text"]
     with pytest.raises(ConfigError, match="names column 'topic' that row at line 4 does not have"):
-        _prompts(tok, template="'{topic}: {prompt}'").encode([{"prompt": "x", "_line": 4}], "d.jsonl")
+        _prompts(tok, template="'{topic}: {prompt}'").encode([Row(4, {"prompt": "x"})], "d.jsonl")
 
 
 def test_chat_template_for_chat_models_and_messages_pass_through():
@@ -206,10 +214,11 @@ def test_chat_template_for_chat_models_and_messages_pass_through():
 
     tok = byte_tokenizer(chat=True)
     pr = _prompts(tok, template="'Q: {prompt}'", system="'be brief'")
-    text_row, msg_row = {"prompt": "2+2=", "_line": 1}, {"prompt": [{"role": "user", "content": "hi"}], "_line": 2}
+    text_row, msg_row = Row(1, {"prompt": "2+2="}), Row(2, {"prompt": [{"role": "user", "content": "hi"}]})
     a, b = pr.encode([text_row, msg_row], "d.jsonl")
     assert a["_prompt"] == "Q: 2+2=" and a["_text"] == "<|system|>be brief</s><|user|>Q: 2+2=</s><|assistant|>"
-    assert b["_prompt"] == msg_row["prompt"] and b["_text"] == "<|system|>be brief</s><|user|>hi</s><|assistant|>"
+    assert b["_prompt"] == msg_row.columns["prompt"]
+    assert b["_text"] == "<|system|>be brief</s><|user|>hi</s><|assistant|>"
     off = Config.load(None, ["model.chat_template=off"])
     from rlft.train import Prompts
 
@@ -222,11 +231,11 @@ def test_long_prompts_truncated_from_the_left_or_skipped_and_counted(mode):
 
     tok = byte_tokenizer()
     pr = _prompts(tok, max_prompt_tokens=4, long_prompts=mode)
-    out = pr.encode([{"prompt": "abcdefgh", "_line": 1}, {"prompt": "ab", "_line": 2}], "d.jsonl")
+    out = pr.encode([Row(1, {"prompt": "abcdefgh"}), Row(2, {"prompt": "ab"})], "d.jsonl")
     if mode == "truncate":
         assert tok.decode(out[0]["_ids"]) == "efgh" and pr.counts["truncated_prompts"] == 1  # the end is kept
     else:
-        assert [r["_line"] for r in out] == [2] and pr.counts["skipped_prompts"] == 1
+        assert [r["_row"].line for r in out] == [2] and pr.counts["skipped_prompts"] == 1
 
 
 # ------------------------------------------------------------------------------ through the trainer
@@ -253,3 +262,43 @@ def test_a_datasets_folder_with_mapped_columns_trains_and_columns_reach_rewards(
     out = train(cfg)
     row = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert math.isclose(row["reward/uses_level"], 1.5)
+
+
+# --------------------------------------------------------------------- a column missing from the whole file
+
+def test_a_csv_without_the_prompt_column_names_its_header_and_the_fix(tmp_path):
+    p = tmp_path / "qa.csv"
+    p.write_text("question,answer\n2+2=,4\n3+3=,6\n")
+    for bad_rows in ("error", "skip"):  # skipping rows cannot help: the error is the same, not "no usable rows"
+        with pytest.raises(DataError) as e:
+            load_splits(_data(train=str(p), bad_rows=bad_rows), 0)
+        msg = str(e.value)
+        assert msg.startswith(f"{p}: no column 'prompt' (the prompts) in the file's header; its columns are "
+                              f"question, answer."), msg
+        assert "data.prompt_column=question" in msg and "data.columns={prompt: question}" in msg
+        assert "bad_rows" not in msg
+    # following the advice works
+    train, _, _ = load_splits(_data(train=str(p), columns="{prompt: question}"), 0)
+    assert [r.columns["prompt"] for r in train] == ["2+2=", "3+3="] and [r.line for r in train] == [2, 3]
+    assert len(load_splits(_data(train=str(p), prompt_column="question"), 0)[0]) == 2
+
+
+def test_a_missing_reference_column_names_data_reference_column_when_a_reference_is_needed(tmp_path):
+    p = tmp_path / "qa.jsonl"
+    p.write_text(json.dumps({"prompt": "2+2=", "answer": "4"}) + "\n" + json.dumps({"prompt": "3+3="}) + "\n")
+    assert len(load_splits(_data(train=str(p)), 0)[0]) == 2  # not needed: fine
+    with pytest.raises(DataError, match=r"qa.jsonl: no column 'reference' \(the references\) in the file's rows; its "
+                                        r"columns are prompt, answer\. Set data.reference_column to the column that "
+                                        r"holds it \(e\.g\. data.reference_column=answer\), or copy one into "
+                                        r"'reference' with data.columns \(e\.g\. data.columns=\{reference: answer\}\)"):
+        load_splits(_data(train=str(p), bad_rows="skip"), 0, needs_reference=True)
+    train, _, counts = load_splits(_data(train=str(p), reference_column="answer", bad_rows="skip"), 0,
+                                   needs_reference=True)
+    assert [r.line for r in train] == [1] and counts == {"bad_rows": 1}  # the row without a value: per row
+
+
+def test_every_key_a_data_message_names_exists():
+    from rlft.config import describe
+
+    keys = {row[0] for row in describe()}
+    assert {"data.prompt_column", "data.reference_column", "data.columns", "data.bad_rows"} <= keys

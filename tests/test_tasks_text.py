@@ -135,7 +135,7 @@ def test_example_data_loads_with_its_preset(example_data, task):
         counts = {}
         rows = check_rows(read_rows(path), path, cfg.data, counts, get(task).needs_reference)
         assert rows and not counts
-    cols = set(rows[0]) | {"reference"}
+    cols = set(rows[0].columns) | {"reference"}
     check_columns(build_rewards(cfg, None), cols)
 
 

@@ -132,7 +132,3 @@ def prepare(tests) -> tuple[bytes, int, bool]:
     one prompt share their tests."""
     return _cached(tests if isinstance(tests, str) else tuple(tests))
 
-
-def count_tests(tests) -> int:
-    """How many tests ``tests`` holds (its ``assert`` statements; 1 if it has none)."""
-    return prepare(tests)[1]
