@@ -8,7 +8,9 @@ from .base import (
     Reward,
     RewardError,
     RewardResult,
+    call_keywords,
     check_columns,
+    check_signature,
     compute,
     register,
     report,
@@ -18,5 +20,5 @@ from .base import (
 from .text import bleu, chrf, corpus_bleu, corpus_chrf, corpus_rouge, corpus_ter, exact_match, rouge, ter, token_f1
 
 __all__ = ["REGISTRY", "Reward", "RewardError", "RewardResult", "compute", "register", "required_columns",
-           "resolve", "check_columns", "report", "bleu", "chrf", "ter", "rouge", "exact_match", "token_f1",
-           "corpus_bleu", "corpus_chrf", "corpus_ter", "corpus_rouge"]
+           "resolve", "check_columns", "check_signature", "call_keywords", "report", "bleu", "chrf", "ter", "rouge",
+           "exact_match", "token_f1", "corpus_bleu", "corpus_chrf", "corpus_ter", "corpus_rouge"]
