@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlft.config import Config, ConfigError
+from rlft.data import Row
 from rlft.policy import encode_prompt, left_pad, prepare_tokenizer
 from rlft.rewards import RewardError
 from rlft.rollout import sample
@@ -92,7 +93,8 @@ def test_parts_are_scored_while_the_rest_decode(tiny_model_dir, tiny_data, monke
                         lambda self, tokens: (time.sleep(0.01), stepped.append(time.perf_counter()), step(self, tokens))[2])
     model, tok = _policy(tiny_model_dir)
     cfg = _cfg(tiny_model_dir, tiny_data, "unused")
-    rows = [{"_prompt": f"{i}+{i}=", "_ids": encode_prompt(tok, f"{i}+{i}=", "off")} for i in range(3) for _ in range(4)]
+    rows = [{"_row": Row(i + 1, {}), "_prompt": f"{i}+{i}=", "_ids": encode_prompt(tok, f"{i}+{i}=", "off")}
+            for i in range(3) for _ in range(4)]
     called = []
 
     def reward(prompts, completions, **_):
