@@ -11,7 +11,12 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+
+from .config import APPLIES_NOTE, Config, describe
+from .errors import ConfigError, DataError, RewardError, RunError
+from .evaluate import add_parser as add_eval_parser
 
 # dispatched before argparse: each has its own parser (rlft/feedback/cli.py); listed in `rlft --help` too
 PASSTHROUGH = {"rate": "serve the page where people rate samples (extra: rlft[web])",
@@ -36,9 +41,7 @@ def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 prints the summary
 
 
-def _config(args):
-    from .config import Config
-
+def _config(args) -> Config:
     path = args.config
     saved = Path(args.resume) / "config.yaml" if getattr(args, "resume", None) else None
     if path is None and saved is not None and saved.is_file():  # `rlft train --resume OUT`: the run's own config
@@ -63,10 +66,14 @@ def _run(cfg, resume: bool, overwrite: bool) -> int | None:
     return None
 
 
-def _interrupted(out: Path) -> str:
-    from .checkpoint import latest
+def _last_checkpoint(out: Path) -> Path | None:
+    from .checkpoint import latest  # imports torch: here, so that `rlft --help` answers at once
 
-    ckpt = latest(out)
+    return latest(out)
+
+
+def _interrupted(out: Path) -> str:
+    ckpt = _last_checkpoint(out)
     if ckpt is None:
         return (f"interrupted before the first checkpoint: {out} holds none to resume from (train.save_every sets "
                 f"how often one is written)")
@@ -75,9 +82,7 @@ def _interrupted(out: Path) -> str:
 
 def _finished_at(cfg) -> int | None:
     """The step of the run's last checkpoint when it is already at (or past) train.steps, else None."""
-    from .checkpoint import latest
-
-    ckpt = latest(Path(cfg.train.out))
+    ckpt = _last_checkpoint(Path(cfg.train.out))
     step = int(ckpt.name.rsplit("-", 1)[1]) if ckpt else None
     return step if step is not None and step >= cfg.train.steps else None
 
@@ -95,8 +100,6 @@ def _last_line(path: Path, key: str | None = None) -> dict | None:
 
 def _summary(out: Path, seconds: float) -> list[str]:
     """What the run left, as the demo prints it: time and steps, the final reward, eval figures, where things are."""
-    from .checkpoint import latest
-
     last = _last_line(out / "metrics.jsonl", "reward/mean")
     lines = [f"finished in {seconds:.0f}s" + (f", {last['step']} steps" if last else "")]
     if last:
@@ -106,7 +109,7 @@ def _summary(out: Path, seconds: float) -> list[str]:
         figures = "  ".join(f"{k.removeprefix('eval/')} {v:.4f}" for k, v in ev.items()
                             if k not in ("step", "samples") and isinstance(v, (int, float)))
         lines.append(f"eval at step {ev['step']}: {figures}")
-    ckpt = latest(out)
+    ckpt = _last_checkpoint(out)
     lines += [f"checkpoint: {ckpt if ckpt else '(none)'}", f"metrics:    {out / 'metrics.jsonl'}"]
     if ev:
         lines.append(f"evals:      {out / 'eval.jsonl'}")
@@ -130,10 +133,6 @@ def cmd_train(args) -> int:
 
 def cmd_sft(args) -> int:
     """Only the supervised stage: `sft.steps` steps, then a checkpoint (loadable by transformers)."""
-    from dataclasses import replace
-
-    from .errors import ConfigError
-
     cfg = _config(args)
     if cfg.sft.steps < 1:
         raise ConfigError("rlft sft needs sft.steps >= 1 (e.g. sft.steps=200)")
@@ -165,8 +164,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_help_config(_args) -> int:
-    from .config import APPLIES_NOTE, describe
-
     print(f"{APPLIES_NOTE}\n")
     for k in describe():
         choices = f"    (one of: {', '.join(map(str, k.choices))})" if k.choices else ""
@@ -198,8 +195,6 @@ def _parser() -> argparse.ArgumentParser:
         t.set_defaults(fn=fn)
     h = sub.add_parser("config-help", help="every config key with its default, allowed values and documentation")
     h.set_defaults(fn=cmd_help_config)
-    from .evaluate import add_parser as add_eval_parser
-
     add_eval_parser(sub)  # `rlft eval CHECKPOINT ... --data FILE`: rlft/evaluate.py
     for name, hlp in PASSTHROUGH.items():  # for the listing; `rlft rate --help` is answered by its own parser
         sub.add_parser(name, help=f"{hlp} (`rlft {name} --help`)", add_help=False)
@@ -235,8 +230,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return reward_model_main(argv[1:])
     args = _parse(argv)
-    from .errors import ConfigError, DataError, RewardError, RunError
-
     try:
         return args.fn(args)
     except (ConfigError, DataError, RewardError, RunError) as e:
