@@ -474,6 +474,7 @@ def _vllm(keys: tuple[str, ...]) -> Applies:
 # at temperature 0 (`rlft eval --temperature` samples with the saved config's top_k / top_p), optim.share_prompts
 # (it depends on the model family, known only once the model is loaded), train.eval_max_prompts without an eval
 # split (also read by task evaluation helpers), train.parallel (it depends on the number of processes).
+# rewards.overlap with a sampler other than rlft's stays an error in `validate` whoever set it (no preset sets it).
 APPLIES: tuple[Applies, ...] = (
     _on(("algo.scale",), _est("grpo")),
     _on(("algo.baseline",), _est("reinforce")),
