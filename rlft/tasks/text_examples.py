@@ -1,13 +1,17 @@
 """Example datasets for the text tasks, and the worked examples of docs/tasks/, all built offline from code.
 
     python -m rlft.tasks.text_examples write translation data/translation   # or: write all data
-    python -m rlft.tasks.text_examples example translation runs/example-translation
+    python -m rlft.tasks.text_examples example translation runs/ex-translation [--write-docs] [--short]
 
 ``write`` writes ``train.jsonl`` and ``eval.jsonl`` (for dialogue also ``reward-model/``, a tiny classifier it
 trains to tell helpful replies from bad ones). ``example`` writes the data, builds a tiny model from a config
 (T5 for translation, BART for summarization, a chat Llama for dialogue and creative writing) and a byte-level
-BPE tokenizer learnt from the data, trains it with the task's preset (a supervised warm start, then RL), and
-compares the warm start with the RL checkpoint through ``rlft eval``.
+BPE tokenizer learnt from the data, trains it with the task's preset (a supervised warm start, then RL),
+compares the warm start with the RL checkpoint through ``rlft eval`` and writes the figures to
+``OUT/example.json``. ``--write-docs`` also puts them in docs/tasks/<task>.json and the output block of
+docs/tasks/<task>.md (the only source of the figures those pages quote; tests/test_worked_examples.py checks
+it); ``--short`` runs a schedule of a few seconds (``short_schedule``), whose figures the reproducibility
+test compares with docs/tasks/<task>.short.json.
 
 The data are small synthetic worlds, generated from a seed: a toy language to translate, news items to
 summarise, requests for suggestions, short poems with constraints. Tiny models learn them in minutes on a CPU.
@@ -16,11 +20,15 @@ summarise, requests for suggestions, short poems with constraints. Tiny models l
 from __future__ import annotations
 
 import json
+import platform
 import random
 import sys
+import time
 from pathlib import Path
 
-from .text import conversation_text
+from .. import evaluate
+from ..config import Config
+from .text import conversation_text, dialogue_preset
 
 TASK_NAMES = ("translation", "summarization", "dialogue", "creative_writing")
 
@@ -280,8 +288,11 @@ def write_example(task: str, folder: str | Path, seed: int = 0, tokenizer=None, 
 EXAMPLES = {  # model, tokenizer and schedule of each worked example (docs/tasks/<task>.md)
     "translation": dict(arch="t5", hidden=64, vocab=320, sft=dict(steps=100, lr=3e-3, batch_size=32),
                         rl=dict(steps=60, lr=2e-4, prompts=16, group=8, temperature=0.7), max_new_tokens=20),
+    # BART has 512 learned positions, under the preset's max_prompt_tokens (1024): the example's prompts are
+    # at most 138 tokens, so 256 truncates none and fits the model.
     "summarization": dict(arch="bart", hidden=64, vocab=400, sft=dict(steps=45, lr=3e-3, batch_size=32),
-                          rl=dict(steps=60, lr=2e-4, prompts=16, group=8, temperature=0.7), max_new_tokens=16),
+                          rl=dict(steps=60, lr=2e-4, prompts=16, group=8, temperature=0.7), max_new_tokens=16,
+                          max_prompt_tokens=256),
     "dialogue": dict(arch="llama", hidden=64, vocab=400, sft=dict(steps=60, lr=3e-3, batch_size=32),
                      rl=dict(steps=30, lr=3e-4, prompts=8, group=4), max_new_tokens=24),
     "creative_writing": dict(arch="llama", hidden=64, vocab=400, sft=dict(steps=250, lr=3e-3, batch_size=32),
@@ -293,7 +304,8 @@ def example_config(task: str, out: Path, model_dir: Path, data: Path, seed: int 
     """The worked example's config as a dict (``task`` preset underneath)."""
     e = {**EXAMPLES[task], **over}
     cfg = {"task": task, "model": {"path": str(model_dir)},
-           "data": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl")},
+           "data": {"train": str(data / "train.jsonl"), "eval": str(data / "eval.jsonl"),
+                    **({"max_prompt_tokens": e["max_prompt_tokens"]} if "max_prompt_tokens" in e else {})},
            "rollout": {"batch_prompts": e["rl"]["prompts"], "num_generations": e["rl"]["group"],
                        "max_new_tokens": e["max_new_tokens"], "temperature": e["rl"].get("temperature", 1.0)},
            "algo": {"estimator": "grpo"},
@@ -303,8 +315,6 @@ def example_config(task: str, out: Path, model_dir: Path, data: Path, seed: int 
                      "eval_max_prompts": 64},
            "log": {"console": False, "samples_every": 0}}
     if task == "dialogue":  # the reward model written next to the data
-        from .text import dialogue_preset
-
         rewards = dialogue_preset()["rewards"]["components"]
         rewards[0]["args"]["path"] = str(data / "reward-model")
         cfg["rewards"] = rewards
@@ -316,8 +326,6 @@ def run_example(task: str, out: str | Path, seed: int = 0, **over) -> dict:
     the warm start (baseline) against the last RL checkpoint. Returns ``rlft.evaluate.run``'s summary."""
     import torch
 
-    from .. import evaluate
-    from ..config import Config
     from ..seq2seq import tiny_seq2seq_lm
     from ..tiny import byte_tokenizer, save_tiny, tiny_causal_lm
     from ..train import train
@@ -345,11 +353,109 @@ def run_example(task: str, out: str | Path, seed: int = 0, **over) -> dict:
     return summary
 
 
+# ------------------------------------------------------------------------- figures quoted in the docs
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "tasks"  # in a source checkout
+BEGIN = "<!-- example-output: written by `python -m rlft.tasks.text_examples example {task} OUT --write-docs` -->"
+END = "<!-- /example-output -->"
+N_SHOWN = 4  # held-out items shown before and after RL
+
+
+def example_record(task: str, summary: dict, seed: int, wall_s: float) -> dict:
+    """What a worked example produced, as JSON: the ``rlft eval`` table and figures, the first greedy outputs
+    of each checkpoint, and where and how long it ran (``OUT/example.json``; docs/tasks/<task>.json)."""
+    import torch
+
+    def lines(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    rows = lines(Path(summary["data"]))
+    outs = [lines(Path(summary["out"]) / f"outputs-{i}.jsonl") for i in range(len(summary["checkpoints"]))]
+    shown = [{"prompt": rows[k]["prompt"], "reference": outs[0][k]["reference"],
+              "greedy": [o[k]["greedy"] for o in outs]} for k in range(min(N_SHOWN, len(outs[0])))]
+    return {"task": task, "seed": seed, "title": summary["title"], "header": summary["header"],
+            "rows": summary["rows"], "metrics": [c["metrics"] for c in summary["checkpoints"]], "shown": shown,
+            "wall_s": round(wall_s, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"}
+
+
+def _cell(value) -> str:
+    """A prompt, reference or output as one Markdown table cell: lines (and chat turns) joined by `` / ``."""
+    if isinstance(value, list):  # several references, or chat messages
+        value = " / ".join(m["content"] if isinstance(m, dict) else str(m) for m in value)
+    return str(value or "").replace("\n", " / ").replace("|", "\\|") or " "
+
+
+def docs_block(record: dict) -> str:
+    """The block of docs/tasks/<task>.md between ``BEGIN`` and ``END``, from a record."""
+    lines = [BEGIN.format(task=record["task"]), "",
+             f"Output (seed {record['seed']}; torch {record['torch']}, {record['threads']} "
+             f"thread{'s' if record['threads'] != 1 else ''}, {record['machine']}; {record['wall_s']:.0f} s wall "
+             "in all, data to table, on this project's shared 2-core machine):", "",
+             "```", record["title"], "", evaluate.markdown(record["header"], record["rows"]).rstrip(), "```", "",
+             f"Greedy outputs for the first {len(record['shown'])} held-out items (`eval/outputs-{{0,1}}.jsonl`):",
+             "", "| prompt | reference | warm start | after RL |", "| --- | --- | --- | --- |"]
+    lines += [f"| {_cell(s['prompt'])} | {_cell(s['reference'])} | {_cell(s['greedy'][0])} | {_cell(s['greedy'][-1])} |"
+              for s in record["shown"]]
+    return "\n".join(lines + ["", END])
+
+
+def write_docs(record: dict, docs: Path = DOCS) -> list[Path]:
+    """Put a record's figures in ``docs/<task>.json`` and its block in ``docs/<task>.md``."""
+    page = docs / f"{record['task']}.md"
+    if not page.exists():
+        raise FileNotFoundError(f"--write-docs: {page} does not exist (run from a source checkout of rlft)")
+    text = page.read_text(encoding="utf-8")
+    begin = BEGIN.format(task=record["task"])
+    if begin not in text or END not in text:
+        raise ValueError(f"{page} has no example-output block: add the lines {begin!r} and {END!r} where the "
+                         "output goes")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(END, 1)[1]
+    page.write_text(head + docs_block(record) + tail, encoding="utf-8")
+    figures = docs / f"{record['task']}.json"
+    figures.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return [page, figures]
+
+
+def short_schedule(task: str) -> dict:
+    """Overrides that shorten a worked example to seconds (30 warm-start steps, 4 RL steps of 8 prompts x 4):
+    the reproducibility test runs it and compares with ``docs/tasks/<task>.short.json``."""
+    e = EXAMPLES[task]
+    return {"sft": {**e["sft"], "steps": 30}, "rl": {**e["rl"], "steps": 4, "prompts": 8, "group": 4}}
+
+
+def example_main(task: str, where: str | Path, *, write_docs_too: bool = False, short: bool = False) -> dict:
+    """``example``: run the worked example on one thread, write ``OUT/example.json``, print the table; with
+    ``write_docs_too`` put the figures in docs/tasks/ (``short``: only ``docs/tasks/<task>.short.json``)."""
+    import torch
+
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, and the numbers do not depend on the core count
+    t0 = time.monotonic()
+    s = run_example(task, where, **(short_schedule(task) if short else {}))
+    record = example_record(task, s, 0, time.monotonic() - t0)
+    record["schedule"] = "short" if short else "full"
+    (Path(where) / "example.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    print(s["title"] + "\n\n" + evaluate.markdown(s["header"], s["rows"]))
+    print(f"{record['wall_s']:.0f} s; figures in {Path(where) / 'example.json'}")
+    if write_docs_too and short:
+        path = DOCS / f"{task}.short.json"
+        path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+    elif write_docs_too:
+        for p in write_docs(record):
+            print(f"wrote {p}")
+    return record
+
+
 def main(argv: list[str]) -> int:
     usage = ("usage: python -m rlft.tasks.text_examples write {task|all} FOLDER\n"
-             "       python -m rlft.tasks.text_examples example TASK OUT")
-    if len(argv) != 3 or argv[0] not in ("write", "example"):
-        print(usage, file=sys.stderr)
+             "       python -m rlft.tasks.text_examples example TASK OUT [--write-docs] [--short]")
+    flags = {a for a in argv if a.startswith("--")}
+    argv = [a for a in argv if not a.startswith("--")]
+    if len(argv) != 3 or argv[0] not in ("write", "example") or not flags <= {"--write-docs", "--short"} \
+            or (flags and argv[0] != "example") or (argv[0] == "example" and argv[1] not in EXAMPLES):
+        print(usage + f"\n(tasks with a worked example: {', '.join(EXAMPLES)})", file=sys.stderr)
         return 2
     cmd, task, where = argv
     if cmd == "write":
@@ -357,13 +463,7 @@ def main(argv: list[str]) -> int:
             for p in write_example(t, Path(where) / t if task == "all" else where):
                 print(p)
         return 0
-    import torch
-
-    torch.set_num_threads(1)  # tiny models: one thread is as fast, and the numbers do not depend on the core count
-    s = run_example(task, where)
-    from .. import evaluate
-
-    print(s["title"] + "\n\n" + evaluate.markdown(s["header"], s["rows"]))
+    example_main(task, where, write_docs_too="--write-docs" in flags, short="--short" in flags)
     return 0
 
 
