@@ -444,6 +444,7 @@ def test_commands_and_overrides():
     assert argv == ["/v/rlft", "sft", "c.yaml", "sft.steps=2", "sft.steps=500", "--out", "o"]
 
 
+@pytest.mark.timeout(600)  # the README's Use block runs seven commands in a row; a busy machine doubles each
 @pytest.mark.parametrize("unit", units(), ids=lambda u: u.name)
 def test_doc_block(unit: Unit, tmp_path, cache):
     if unit.verb == "skip":
