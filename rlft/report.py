@@ -273,7 +273,8 @@ def svg_chart(lines: list[Line], label: str) -> str:
                          f'<text class="tick" x="{sx(t):.1f}" y="{TOP + ph + 17}" text-anchor="middle">{int(t)}</text>')
     parts.append(f'<rect class="frame" x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}"/>'
                  f'<text class="axis" x="{LEFT + pw / 2}" y="{H - 3}" text-anchor="middle">step</text>')
-    for ln in lines:
+    solid = [ln for ln in lines if not ln.faint]
+    for ln in [ln for ln in lines if ln.faint] + solid[::-1]:  # the first series (e.g. the total) on top
         pts = thin(ln.points)
         style = f'stroke="{ln.colour}"' + (f' stroke-dasharray="{ln.dash}"' if ln.dash else "")
         parts.append(f'<path class="{"raw" if ln.faint else "line"}" {style} d="{_path(pts, sx, sy)}"/>')
@@ -327,7 +328,8 @@ def _fixed(*names: str):
 FIGURES = [
     ("reward", "Reward", "total and per component; faint: each step, solid: smoothed", _reward_keys, True, "m"),
     ("eval", "Evaluation", "greedy completions on the eval set", lambda keys: sorted(
-        k for k in keys if k.startswith("eval/") and not k.endswith("len_mean")), False, "e"),  # lengths: own scale
+        (k for k in keys if k.startswith("eval/") and not k.endswith("len_mean")),  # lengths: another scale
+        key=lambda k: (k != "eval/reward", k)), False, "e"),  # the total first (drawn on top)
     ("kl", "KL to the reference", "kl/mean, per token", _fixed("kl/mean"), False, "m"),
     ("entropy", "Entropy", "loss/entropy: mean per-token entropy of the policy", _fixed("loss/entropy"), False, "m"),
     ("length", "Completion length", "rollout/len_mean, tokens", _fixed("rollout/len_mean"), False, "m"),
@@ -363,7 +365,8 @@ def figure_lines(runs: list[Run], keys: list[str], smoothed: bool, source: str) 
                 continue
             colour = COLOURS[(ri if multi else ki) % len(COLOURS)]
             dash = DASHES[ki % len(DASHES)] if multi else ""
-            label = f"{run.name} · {_short(key)}" if multi and len(keys) > 1 else run.name if multi else _short(key)
+            label = (f"{run.name} · {_short(key)}" if len(keys) > 1 else run.name) if multi else \
+                (_short(key) if len(keys) > 1 else key)  # a figure of one metric names it in full
             if smoothed and len(pts) > 2:
                 avg, _span = smooth(pts)
                 lines.append(Line(label, colour, dash, pts, faint=True))
@@ -424,11 +427,15 @@ def _num(v) -> float | None:
 def _eval_samples(first: dict, last: dict, limit: int = 8) -> str:
     """Greedy completions of the same prompts at the first and last evaluation."""
     after = {s.get("prompt"): s.get("completion", "") for s in last.get("samples") or [] if isinstance(s, dict)}
-    rows = [[_pre(s.get("prompt", "")), _pre(s.get("completion", "")), _pre(after[s.get("prompt")])]
-            for s in (first.get("samples") or [])[:limit] if isinstance(s, dict) and s.get("prompt") in after]
+    rows = []
+    for s in (first.get("samples") or [])[:limit]:
+        if isinstance(s, dict) and s.get("prompt") in after:
+            before, now = s.get("completion", ""), after[s["prompt"]]
+            changed = f'<span class="text changed">{html.escape(str(now))}</span>' if now != before else _pre(now)
+            rows.append([_pre(s["prompt"]), _pre(before), changed])
     if not rows:
         return ""
-    return ("<h4>Greedy completions</h4>"
+    return ('<h4>Greedy completions <span class="note">(highlighted: changed)</span></h4>'
             + _table(["prompt", f"step {first['step']}", f"step {last['step']}"], rows, "samples"))
 
 
@@ -482,7 +489,8 @@ def samples_html(run: Run) -> str:
                          fmt(_num(s.get("reward"))), html.escape(str(s.get("finish", "")))])
         note = f' <span class="note">({plain} of {len(rows)} without per-token advantages: plain text)</span>' \
             if plain and scale > 0 else ""
-        parts.append(f"<h4>Step {step}{note}</h4>" + _table(["prompt", "completion", "reward", "end"], rows, "samples"))
+        table = _table(["prompt", "completion", "reward", "end"], rows, "samples scored")
+        parts.append(f"<h4>Step {step}{note}</h4>{table}")
     return "".join(parts)
 
 
@@ -585,6 +593,8 @@ th,td{border-bottom:1px solid var(--line);padding:5px 10px;text-align:left;verti
 th{background:#eef1f4;font-weight:600}
 table.num td:not(:first-child){font-variant-numeric:tabular-nums}
 table.samples{width:100%}table.samples td:first-child{width:22%;color:var(--muted)}
+table.scored td:nth-child(n+3),table.scored th:nth-child(n+3){width:1%;white-space:nowrap}
+.changed{background:#fff4c2;border-radius:2px}
 .text{white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
  font-size:12.5px}
 .tok{border-radius:2px;padding:1px 0;box-shadow:inset 0 0 0 .5px rgba(0,0,0,.08)}

@@ -128,6 +128,8 @@ class WandbTracker:
 
     def finish(self) -> None:
         self.run.finish()
+        if self.wandb.run is None:  # no other run in this process: stop W&B's service, which writes the rest
+            self.wandb.teardown()  # of the offline .wandb file only then (finish returns before that)
 
 
 _MLFLOW_KEY = re.compile(r"[^\w\-. /]")  # MLflow names allow letters, digits, _ - . space and /

@@ -208,6 +208,9 @@ def test_two_runs_overlay_in_chromium(runs, tmp_path, browser):
     assert page.locator("#fig-grad_norm .legend .key").all_inner_texts() == ["grpo", "rloo"]
     strokes = {page.locator("#fig-grad_norm path.line").nth(i).get_attribute("stroke") for i in range(2)}
     assert len(strokes) == 2  # told apart by colour
+    drawn = page.locator("#fig-grad_norm path.line").evaluate_all("es => es.map(e => getComputedStyle(e).stroke)")
+    keys = page.locator("#fig-grad_norm .legend line").evaluate_all("es => es.map(e => getComputedStyle(e).stroke)")
+    assert sorted(keys) == sorted(drawn)  # each legend entry shows its line's colour (no style overrides it)
     assert page.locator("#fig-reward path.line").count() == 8  # 4 series x 2 runs
     diff = page.locator("#config table").inner_text()
     assert "algo.estimator" in diff and "grpo" in diff and "rloo" in diff and "train.out" not in diff

@@ -12,8 +12,8 @@ import pytest
 from conftest import base_overrides
 from rlft.config import Config
 from rlft.errors import ConfigError
-from rlft.train import train
 from rlft.trackers import flatten, open_trackers
+from rlft.train import train
 
 ROWS = [{"step": 4, "prompt": "1+2=", "completion": "3 | x\ny", "reward": 1.0, "finish": "eos",
          "tokens": ["3", " |"], "advantages": [0.5, -0.25]},
@@ -71,7 +71,8 @@ def test_tensorboard(run, tmp_path):
     table = text.tensor_proto.string_val[0].decode()
     assert text.step == 4 and "| step | prompt | completion | reward | finish |" in table
     assert "3 \\| x\\ny" in table and "tokens" not in table  # one line per row; lists left out
-    start = plugin_data_pb2.HParamsPluginData.FromString(ea.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    content = ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content)
     hp = start.session_start_info.hparams
     assert hp["algo.estimator"].string_value == cfg.algo.estimator
     assert hp["rollout.num_generations"].number_value == 4
@@ -119,7 +120,7 @@ def test_wandb_offline(run, tmp_path, monkeypatch):
         elif kind == "run":
             name = rec.run.display_name
             config.update({u.key: json.loads(u.value_json) for u in rec.run.config.update})
-    assert name == "my-run", [(r.WhichOneof("record_type"), r.num) for r in _wandb_records(next(folder.glob("run-*.wandb")))][:6]
+    assert name == "my-run"
     assert config["algo.kl_coef"] == cfg.algo.kl_coef and config["run.folder"] == str(tmp_path)
     for key in ("reward/mean", "eval/reward", "loss/pg"):
         _assert_series([(s, h[key]) for s, h in sorted(history.items()) if key in h], lines, key)
