@@ -69,8 +69,9 @@ def table(rows: list[dict]) -> tuple[list[str], list[list]]:
     return columns, [[r.get(c) for c in columns] for r in rows]
 
 
-def _missing(name: str, package: str) -> ConfigError:
-    return ConfigError(f"log.report_to names {name}, but the '{package}' package is not installed: {INSTALL} "
+def _missing(name: str, package: str, error: ImportError | None = None) -> ConfigError:
+    why = f"cannot be imported ({error})" if error else "is not installed"
+    return ConfigError(f"log.report_to names {name}, but the '{package}' package {why}: {INSTALL} "
                        f"(or remove {name} from log.report_to)")
 
 
@@ -82,7 +83,7 @@ class TensorBoardTracker:
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams
         except ImportError as e:  # torch raises ImportError naming TensorBoard when the package is absent
-            raise _missing("tensorboard", "tensorboard") from e
+            raise _missing("tensorboard", "tensorboard", e) from e
         self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
         # hparams accepts int, float, str, bool (and tensors): None becomes text
         hp = {k: ("None" if v is None else v) for k, v in params.items()}
@@ -113,7 +114,7 @@ class WandbTracker:
         try:
             import wandb
         except ImportError as e:
-            raise _missing("wandb", "wandb") from e
+            raise _missing("wandb", "wandb", e) from e
         self.wandb = wandb
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "rlft", name=run_name,
                               dir=os.environ.get("WANDB_DIR") or str(out), config=params,
@@ -143,7 +144,7 @@ class MlflowTracker:
             from mlflow.entities import Param
             from mlflow.tracking import MlflowClient
         except ImportError as e:
-            raise _missing("mlflow", "mlflow") from e
+            raise _missing("mlflow", "mlflow", e) from e
         uri, artifacts = os.environ.get("MLFLOW_TRACKING_URI"), None
         if not uri:
             store = out / "mlruns"
