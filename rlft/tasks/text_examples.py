@@ -321,13 +321,22 @@ def example_config(task: str, out: Path, model_dir: Path, data: Path, seed: int 
     return cfg
 
 
+def example_model(e: dict, tok, seed: int = 0):
+    """The worked example's tiny policy (``e``: an ``EXAMPLES`` entry), built from a config."""
+    from ..seq2seq import tiny_seq2seq_lm
+    from ..tiny import tiny_causal_lm
+
+    if e["arch"] in ("t5", "bart"):
+        return tiny_seq2seq_lm(tok, e["arch"], hidden=e["hidden"], layers=2, heads=4, seed=seed)
+    return tiny_causal_lm(tok, arch=e["arch"], hidden=e["hidden"], layers=2, heads=4, max_positions=256, seed=seed)
+
+
 def run_example(task: str, out: str | Path, seed: int = 0, **over) -> dict:
     """The worked example of docs/tasks/<task>.md: data, tiny model, warm start + RL, then ``rlft eval`` of
     the warm start (baseline) against the last RL checkpoint. Returns ``rlft.evaluate.run``'s summary."""
     import torch
 
-    from ..seq2seq import tiny_seq2seq_lm
-    from ..tiny import byte_tokenizer, save_tiny, tiny_causal_lm
+    from ..tiny import byte_tokenizer, save_tiny
     from ..train import train
 
     out = Path(out)
@@ -338,11 +347,7 @@ def run_example(task: str, out: str | Path, seed: int = 0, **over) -> dict:
     tok = byte_tokenizer(all_text(rows), vocab_size=e["vocab"], chat=chat)
     data = out / "data"
     write_example(task, data, seed, tokenizer=byte_tokenizer(all_text(rows), vocab_size=e["vocab"]))
-    if e["arch"] in ("t5", "bart"):
-        model = tiny_seq2seq_lm(tok, e["arch"], hidden=e["hidden"], layers=2, heads=4, seed=seed)
-    else:
-        model = tiny_causal_lm(tok, arch=e["arch"], hidden=e["hidden"], layers=2, heads=4, max_positions=256,
-                               seed=seed)
+    model = example_model(e, tok, seed)
     model_dir = Path(save_tiny(out / "base-model", model, tok))
     cfg = Config.from_dict(example_config(task, out / "run", model_dir, data, seed, **over))
     run = train(cfg, overwrite=True)
