@@ -66,8 +66,17 @@ def environment() -> dict:
         env["device"] = "mps"
     else:
         env["device"] = "cpu"
-    env["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else ""
+    env["command"] = _command()
     return env
+
+
+def _command() -> str:
+    """The command line that started the process (``python -m rlft ...`` rather than ``.../__main__.py ...``)."""
+    if not sys.argv or not sys.argv[0]:
+        return ""
+    prog = Path(sys.argv[0])
+    head = f"python -m {prog.parent.name}" if prog.name == "__main__.py" else prog.name
+    return " ".join([head, *sys.argv[1:]])
 
 
 def _cpu_count() -> int:
