@@ -7,11 +7,11 @@ Each variant runs in its own process (CPU seconds of that process, median of 5 r
 
 * sampler: 32 prompts x 128 new tokens, EOS as the model samples it (some rows finish early);
   `old` = the sampler of --rlft-src; `transformers forward` = the new loop over transformers' forward and
-  cache (rlft/lean.py off); `keep finished rows` = rlft/lean.py with finished rows left in the batch;
+  cache (rlft/backends/lean.py off); `keep finished rows` = rlft/backends/lean.py with finished rows left in the batch;
   `one prefill per row` = the prefill run for every row, not once per distinct prompt; `norm modules` =
   transformers' RMSNorm modules instead of F.rms_norm (Llama family, float32);
 * update: one micro-batch of 8 x (prompt + 128 tokens) (two prompts, four samples each), forward + backward;
-  `no prompt sharing` = every row runs its prompt + completion; `transformers forward` = rlft/lean.py off (its
+  `no prompt sharing` = every row runs its prompt + completion; `transformers forward` = rlft/backends/lean.py off (its
   GELU included, prompts not shared), with the peak RSS of that process.
 
 ``--prompt long`` uses the benchmark's ~200-token prompts instead of the short ones.
@@ -38,28 +38,27 @@ def child(kind: str, variant: str, model_dir: str, new_tokens: int, prompt: str 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import rlft.policy
-    import rlft.rollout
-    from rlft.policy import completion_logp, encode_prompt, left_pad, prepare_tokenizer
+    import rlft.backends.base
+    import rlft.backends.lean
+    from rlft import backends
+    from rlft.backends.lean import Decoder
+    from rlft.policy import encode_prompt, left_pad, prepare_tokenizer
+    from rlft.sampling import SamplingParams
+    from rlft.step import MicroBatch
 
     torch.set_num_threads(1)
     if variant == "transformers forward":
-        rlft.rollout.lean = rlft.policy.lean = lambda *a, **k: None
+        rlft.backends.base.lean = lambda *a, **k: None
     if variant == "keep finished rows":
-        from rlft.lean import Decoder
-
         Decoder.keep = None
     if variant == "one prefill per row":
-        from rlft.lean import Decoder
-
         Decoder.share_prefill = False
     if variant == "norm modules":
-        import rlft.lean
-
-        rlft.lean.RMS_NORMS = ()
+        rlft.backends.lean.RMS_NORMS = ()
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    prepare_tokenizer(tok, model)
+    prepare_tokenizer(tok)
+    backend = backends.plain(model, tok)
     texts = [p for p in prompts(8, prompt) for _ in range(4)]
     ids, mask = left_pad([encode_prompt(tok, t, "off") for t in texts], tok.pad_token_id)
     times = []
@@ -68,8 +67,7 @@ def child(kind: str, variant: str, model_dir: str, new_tokens: int, prompt: str 
         for r in range(6):
             gen = torch.Generator().manual_seed(r)
             t0 = time.process_time()
-            out = rlft.rollout.sample(model, tok, ids, mask, max_new_tokens=new_tokens, temperature=1.0,
-                                      generator=gen)
+            out = backend.sample(ids, mask, SamplingParams(new_tokens, 1.0), generator=gen)
             times.append(time.process_time() - t0)
         extra = {"mean_length": float(out.completion_mask.sum(-1).float().mean())}
     else:
@@ -78,11 +76,12 @@ def child(kind: str, variant: str, model_dir: str, new_tokens: int, prompt: str 
         cmask = torch.ones_like(comp)
         for _ in range(6):
             t0 = time.process_time()
+            rows = torch.arange(8)
             if variant not in ("no prompt sharing", "transformers forward"):  # rows 0-3 and 4-7 share prompts
-                st = completion_logp(model, ids[[0, 4]], mask[[0, 4]], comp, cmask, with_entropy=True,
-                                     owner=torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+                mb = MicroBatch(rows, ids[[0, 4]], mask[[0, 4]], torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), comp, cmask)
             else:
-                st = completion_logp(model, ids[:8], mask[:8], comp, cmask, with_entropy=True)
+                mb = MicroBatch(rows, ids[:8], mask[:8], None, comp, cmask)
+            st = backend.logprobs(mb, with_entropy=True)
             st.logp.sum().backward()
             times.append(time.process_time() - t0)
         extra = {}

@@ -30,17 +30,38 @@ sys.path.append(str(HERE.parent))  # after PYTHONPATH: --rlft-src must win for `
 from benchmarks.vs_trl import MODELS, build_model, machine, peak_rss_mb, prompts  # noqa: E402 -- needs the path
 
 
+def _sampler(model, tok, prepare_tokenizer):
+    """rlft's sampler as ``sample(ids, mask, max_new_tokens, generator, eos_ids)``, in this checkout's layout (a
+    backend, rlft/backends/) or an older one's (``rlft.rollout.sample``, for --rlft-src)."""
+    try:
+        from rlft import backends
+        from rlft.sampling import SamplingParams
+    except ImportError:  # an older checkout
+        from rlft.rollout import sample as old_sample
+
+        prepare_tokenizer(tok, model)
+        return lambda ids, mask, n, gen, eos: old_sample(model, tok, ids, mask, max_new_tokens=n, temperature=1.0,
+                                                         generator=gen, eos_ids=eos)
+    prepare_tokenizer(tok)
+    backend = backends.plain(model, tok)
+
+    def sample(ids, mask, n, gen, eos):
+        backend.eos_ids = eos
+        return backend.sample(ids, mask, SamplingParams(n, 1.0), generator=gen)
+
+    return sample
+
+
 def child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats: int, threads: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlft.policy import encode_prompt, left_pad, prepare_tokenizer
-    from rlft.rollout import sample
 
     torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    prepare_tokenizer(tok, model)
+    sample = _sampler(model, tok, prepare_tokenizer)
     texts = [p for p in prompts(batch // 4) for _ in range(4)]
     ids, mask = left_pad([encode_prompt(tok, t, "off") for t in texts], tok.pad_token_id)
     gen = torch.Generator().manual_seed(0)
@@ -48,8 +69,7 @@ def child(engine: str, model_dir: str, batch: int, new_tokens: int, repeats: int
     for r in range(repeats + 1):  # the first call warms up
         t0 = time.perf_counter()
         if engine == "rlft":
-            out = sample(model, tok, ids, mask, max_new_tokens=new_tokens, temperature=1.0, generator=gen,
-                         eos_ids=[])
+            out = sample(ids, mask, new_tokens, gen, [])
             n = int(out.completion_mask.sum())
         else:
             torch.manual_seed(r)

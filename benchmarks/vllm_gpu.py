@@ -11,7 +11,7 @@ random weights and rlft's byte-level tokenizer, so nothing is downloaded; its vo
 engine per process, as in a run):
 
 1. sampling: the same prompts, lengths and settings (temperature 1, no top-k / top-p, EOS ignored) through
-   `rlft.rollout.sample` and through `VLLMEngine.generate`; median sampled tokens per second;
+   rlft's own sampler (`rlft.backends.Causal.sample`) and through the vLLM backend; median sampled tokens per second;
 2. mismatch: the trainer's log-probs of vLLM's samples against vLLM's own (what `rollout.tis_cap` reweights),
    and the same for rlft's sampler;
 3. weight sync: one `update` moves the policy; vLLM's greedy completions are scored by the trainer before
@@ -97,29 +97,31 @@ def part_engine(model_dir: str, batch: int, group: int, new_tokens: int, repeats
     """Parts 1-3 in one process: sampling throughput, log-prob mismatch, weight sync."""
     import torch
 
-    from rlft.policy import encode_prompt, left_pad, load_policy
-    from rlft.rollout import sample
-    from rlft.train import _in_micro_batches, update
-    from rlft.vllm_engine import VLLMEngine
+    from rlft import backends
+    from rlft.distributed import Dist
+    from rlft.policy import encode_prompt, left_pad
+    from rlft.sampling import SamplingParams
+    from rlft.step import StepBatch
+    from rlft.update import Optim, logprobs_of, update
 
     data = str(Path(model_dir).parent / "train.jsonl")
     cfg = config(model_dir, data, str(Path(model_dir).parent / "run-engine"), **{
         "rollout.engine": "vllm", "rollout.max_new_tokens": new_tokens, "rollout.num_generations": group,
         "rollout.batch_prompts": batch, "optim.micro_batch_size": 32, "optim.lr": 1e-3})
-    model, tok = load_policy(cfg.model)
+    model, tok = backends.load_policy(cfg.model)
     texts = [p for p in prompts(batch) for _ in range(group)]
     ids, mask = left_pad([encode_prompt(tok, x, "off") for x in texts], tok.pad_token_id, "cuda")
-    engine = VLLMEngine(model, tok, cfg)
-    kw = {"max_new_tokens": new_tokens, "temperature": 1.0, "eos_ids": []}
+    engine = backends.build(cfg, model, tok)           # the VLLM backend
+    own = backends.plain(model, tok)                     # rlft's own sampler on the same model
+    eos = list(own.eos_ids)
+    engine.eos_ids = own.eos_ids = []                    # sample through EOS: equal lengths
+    params = SamplingParams(new_tokens, 1.0)
     gen = torch.Generator("cuda").manual_seed(0)
     model.eval()
-    rlft_tps, rlft_ro = _timed(lambda: sample(model, tok, ids, mask, generator=gen, **kw), repeats)
-    vllm_tps, vllm_ro = _timed(lambda: engine.generate(ids, mask, **kw), repeats)
-    with torch.no_grad():
-        gap_vllm = _gap(_in_micro_batches(model, vllm_ro, 32, 1.0), vllm_ro.logp, vllm_ro.completion_mask,
-                        cfg.rollout.tis_cap)
-        gap_rlft = _gap(_in_micro_batches(model, rlft_ro, 32, 1.0), rlft_ro.logp, rlft_ro.completion_mask,
-                        cfg.rollout.tis_cap)
+    rlft_tps, rlft_ro = _timed(lambda: own.sample(ids, mask, params, generator=gen), repeats)
+    vllm_tps, vllm_ro = _timed(lambda: engine.sample(ids, mask, params), repeats)
+    gap_vllm = _gap(logprobs_of(own, vllm_ro, cfg), vllm_ro.logp, vllm_ro.completion_mask, cfg.rollout.tis_cap)
+    gap_rlft = _gap(logprobs_of(own, rlft_ro, cfg), rlft_ro.logp, rlft_ro.completion_mask, cfg.rollout.tis_cap)
 
     # 3. one real update with TIS on vLLM's samples, then vLLM's greedy completions scored by the trainer
     g_ids, g_mask = ids[::group][:32], mask[::group][:32]
@@ -127,15 +129,16 @@ def part_engine(model_dir: str, batch: int, group: int, new_tokens: int, repeats
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     adv = (torch.arange(vllm_ro.logp.shape[0], device="cuda") % 2 * 2 - 1.0)[:, None] * vllm_ro.completion_mask
-    upd = update(model, None, opt, sched, params, vllm_ro, adv, vllm_ro.completion_mask, None,
-                 torch.zeros_like(adv), cfg)
+    batch = StepBatch([], vllm_ro, torch.zeros_like(adv), torch.ones(len(adv), dtype=torch.bool, device="cuda"), {},
+                      kl_rewards=torch.zeros_like(adv), loss_mask=vllm_ro.completion_mask, advantages=adv)
+    upd = update(engine, Optim(opt, sched, params), batch, cfg, Dist())
+    engine.eos_ids, own.eos_ids = list(eos), list(eos)  # greedy completions end at EOS
 
     def greedy_gap():
-        ro = engine.generate(g_ids, g_mask, max_new_tokens=32, temperature=0.0)
+        ro = engine.sample(g_ids, g_mask, SamplingParams(32, 0.0))
         model.eval()
-        with torch.no_grad():
-            trainer = _in_micro_batches(model, ro, 32, 1.0)
-            mine = sample(model, tok, g_ids, g_mask, max_new_tokens=32, temperature=0.0)
+        trainer = logprobs_of(own, ro, cfg)
+        mine = own.sample(g_ids, g_mask, SamplingParams(32, 0.0))
         same = [a[:m.sum()].tolist() == b[:n.sum()].tolist() for a, m, b, n in
                 zip(ro.completion_ids, ro.completion_mask, mine.completion_ids, mine.completion_mask)]
         return {**_gap(trainer, ro.logp, ro.completion_mask, cfg.rollout.tis_cap),
@@ -143,7 +146,7 @@ def part_engine(model_dir: str, batch: int, group: int, new_tokens: int, repeats
 
     stale = greedy_gap()
     t0 = time.perf_counter()
-    engine.load_weights(model)
+    engine.after_update()
     torch.cuda.synchronize()
     sync_s = time.perf_counter() - t0
     synced = greedy_gap()

@@ -48,7 +48,7 @@ def set_rng_state(s: dict, generator: torch.Generator | None) -> None:
 def save(out: Path, step: int, model, tokenizer, cfg, trainer_state: dict, keep: int = 0,
          extra: dict[str, torch.nn.Module] | None = None, before_rename=None, state_dict: dict | None = None) -> Path:
     """Write ``out/checkpoint-{step}`` atomically and prune to the newest ``keep`` (0 = keep all). ``state_dict``:
-    the model's full weights when the model itself holds shards (FSDP, rlft/fsdp.py)."""
+    the model's full weights when the model itself holds shards (FSDP, rlft/backends/fsdp.py)."""
     out = Path(out)
     final = out / f"checkpoint-{step}"
     tmp = out / f".tmp-checkpoint-{step}"

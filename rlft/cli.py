@@ -1,4 +1,4 @@
-"""`rlft demo | train | sft | eval | config-help | rate | reward-model`: thin entry points over the library.
+"""`rlft demo | train | sft | eval | report | config-help | rate | reward-model`: thin entry points over the library.
 
 The library does the work; this module parses the command line, prints what a person needs at the end of a run
 (or on Ctrl-C) and turns rlft's input errors into one red line (exit status 2).
@@ -17,6 +17,7 @@ from pathlib import Path
 from .config import APPLIES_NOTE, Config, describe
 from .errors import ConfigError, DataError, RewardError, RunError
 from .evaluate import add_parser as add_eval_parser
+from .report import add_parser as add_report_parser
 
 # dispatched before argparse: each has its own parser (rlft/feedback/cli.py); listed in `rlft --help` too
 PASSTHROUGH = {"rate": "serve the page where people rate samples (extra: rlft[web])",
@@ -196,6 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("config-help", help="every config key with its default, allowed values and documentation")
     h.set_defaults(fn=cmd_help_config)
     add_eval_parser(sub)  # `rlft eval CHECKPOINT ... --data FILE`: rlft/evaluate.py
+    add_report_parser(sub)  # `rlft report RUN [RUN ...] [--out FILE]`: rlft/report.py
     for name, hlp in PASSTHROUGH.items():  # for the listing; `rlft rate --help` is answered by its own parser
         sub.add_parser(name, help=f"{hlp} (`rlft {name} --help`)", add_help=False)
     return p

@@ -181,7 +181,7 @@ class OptimConfig:
     micro_batch_size: int = opt(8, "Sequences per forward/backward; gradients accumulate exactly over the rest.")
     share_prompts: bool = opt(True, "The G samples of a prompt share one forward pass over it in the update (the "
                               "same log-probs and gradient to float rounding; G-fold less prompt compute). Applies "
-                              "to models rlft/lean.py covers; off: each sample runs prompt + completion.")
+                              "to models rlft/backends/lean.py covers; off: each sample runs prompt + completion.")
 
 
 @dataclass

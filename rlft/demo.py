@@ -67,7 +67,8 @@ def run(out: str | Path = "runs/demo", seed: int = 0, steps: int | None = None, 
     t0 = time.time()
     out = Path(out)
     train_path, eval_path = make_task(out / "data", seed=seed)
-    texts = [json.loads(l)["prompt"] + " " + json.loads(l)["reference"] for l in train_path.read_text().splitlines()]
+    rows = [json.loads(line) for line in train_path.read_text().splitlines()]
+    texts = [r["prompt"] + " " + r["reference"] for r in rows]
     torch.manual_seed(seed)
     tok = byte_tokenizer(texts, vocab_size=320)
     model = tiny_causal_lm(tok, arch="llama", hidden=96, layers=2, heads=4, max_positions=64, seed=seed)
@@ -80,7 +81,7 @@ def run(out: str | Path = "runs/demo", seed: int = 0, steps: int | None = None, 
     if sft_steps is not None:
         cfg = replace(cfg, sft=replace(cfg.sft, steps=sft_steps))
     run_dir = train(cfg, overwrite=True)
-    evals = [json.loads(l) for l in (run_dir / "eval.jsonl").read_text().splitlines()]
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     keys = ("eval/bleu", "eval/exact_match")
     summary = {"before": {k[5:]: evals[0][k] for k in keys}, "after": {k[5:]: evals[-1][k] for k in keys},
                "seconds": round(time.time() - t0, 1), "run": str(run_dir),

@@ -5,7 +5,7 @@ batch, computes advantages over the gathered global batch (so batch statistics a
 loss by the global token / sequence counts, and sums gradients across ranks before each optimizer step.
 The sum of the ranks' gradients is then exactly the gradient of the one-process loss over the global batch.
 With one process every call here is the identity. With ``train.parallel: fsdp`` the model is sharded instead of
-replicated (rlft/fsdp.py); the rest stays as here.
+replicated (rlft/backends/fsdp.py); the rest stays as here.
 """
 
 from __future__ import annotations
@@ -44,11 +44,9 @@ class Dist:
 
     def all_reduce_grads(self, params) -> None:
         """Sum gradients over ranks, flattened into one buffer per dtype and device (few messages). Sharded
-        gradients (FSDP's DTensors, rlft/fsdp.py) are already summed and left alone."""
+        gradients (FSDP's DTensors, rlft/backends/fsdp.py) are already summed and left alone."""
         if not self.on:
             return
-        from .fsdp import is_sharded
-
         grads = [p.grad for p in params if p.grad is not None and not is_sharded(p.grad)]
         buckets: dict = {}
         for g in grads:
@@ -111,6 +109,19 @@ def setup() -> Dist:
     return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local)
 
 
-def teardown(ctx: Dist) -> None:
-    if ctx.on and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+def is_fsdp(module) -> bool:
+    """An FSDP2-sharded module (`fully_shard`, rlft/backends/fsdp.py)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """A DTensor: a shard of a parameter or gradient that FSDP holds (only the root forward may use it)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)

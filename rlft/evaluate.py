@@ -1,4 +1,6 @@
-"""`rlft eval CHECKPOINT [CHECKPOINT ...] --data FILE [--task T] [--samples k] [--out DIR]`.
+"""Evaluation: the greedy evaluation a training run makes every ``train.eval_every`` steps (`evaluate_greedy`),
+and `rlft eval CHECKPOINT [CHECKPOINT ...] --data FILE [--task T] [--samples k] [--out DIR]`. Both score with
+`rlft.step.score` / `run_rewards`, the same function training uses.
 
 Each checkpoint generates greedily over the eval set (and, with ``--samples k``, k sampled completions per
 prompt); the task's metrics (``rlft.tasks``) are computed on the outputs; one table compares the checkpoints,
@@ -19,8 +21,41 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config, ConfigError
-from .data import DataError, check_rows, columns_of, read_rows
+from . import backends, tasks
+from .collect import sample_examples
+from .config import Config
+from .data import check_rows, read_rows
+from .errors import ConfigError, DataError
+from .rewards import Reward
+from .step import Example, build_rewards, make_examples, rollout_ids, run_rewards
+
+
+def evaluate_greedy(backend, examples: list[Example], rewards: list[Reward], cfg: Config) -> dict:
+    """Greedy completions of the eval prompts, scored by every reward: {eval/reward/mean: the total,
+    eval/<name>: each reward's mean over the samples it applies to (NaN when none), eval/len_mean}, and up to 8
+    samples under ``_samples``."""
+    chunk = max(1, cfg.rollout.batch_prompts * cfg.rollout.num_generations)
+    totals: dict[str, list] = {"eval/reward/mean": [], **{f"eval/{r.name}": [] for r in rewards}, "eval/len_mean": []}
+    samples = []
+    for s in range(0, len(examples), chunk):
+        part = examples[s:s + chunk]
+        ro = sample_examples(backend, part, cfg, greedy=True)
+        res = run_rewards(rewards, part, ro.completions, rollout_ids(ro), cfg, on_error="drop", group_size=1,
+                          normalize="none")
+        totals["eval/reward/mean"] += [sum(v) if not bad else None for v, bad in zip(res.token_rewards, res.invalid)]
+        for name, vals in res.components.items():
+            totals[f"eval/{name}"] += vals
+        totals["eval/len_mean"] += [float(x) for x in ro.lengths]
+        samples += [{"prompt": e.text, "completion": c} for e, c in zip(part, ro.completions)]
+    out = {k: _mean(v) for k, v in totals.items()}
+    out["_samples"] = samples[:8]
+    return out
+
+
+def _mean(vals: list) -> float:
+    """The mean of the values that exist; NaN (written as null) when none does -- not a measured 0."""
+    vals = [x for x in vals if x is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
 
 
 def saved_config(ckpt: Path) -> Path | None:
@@ -56,77 +91,74 @@ def checkpoint_config(ckpt: str | Path, task: str = "", fallback: Path | None = 
 def evaluate_checkpoint(ckpt: str | Path, data: str | Path, task: str = "", samples: int = 0, *, seed: int = 0,
                         batch_size: int = 32, limit: int = 0, temperature: float | None = None,
                         fallback: Path | None = None) -> dict:
-    """Generate over ``data`` with ``ckpt`` and compute the task's metrics.
+    """Generate over ``data`` with ``ckpt`` and compute the task's metrics (without a task: the run's rewards).
     Returns {"task", "metrics": {name: value}, "outputs": [{prompt, reference, greedy, samples}], "counts"}."""
-    import torch
-
-    from . import tasks
-    from .policy import load_policy
-    from .rewards import compute
-    from .train import Prompts, build_rewards, generate
-
     cfg, adapter = checkpoint_config(ckpt, task, fallback)
-    spec = tasks.get(task or cfg.task) if (task or cfg.task) else None
-    if spec is None:
-        raise ConfigError(f"{ckpt}: its config names no task; give --task")
+    name = task or cfg.task
+    spec = tasks.get(name) if name else None
+    reward_fns = build_rewards(cfg) if cfg.rewards.components else []
+    if spec is None and not reward_fns:
+        raise ConfigError(f"{ckpt}: its config names no task and no rewards, so there is nothing to measure; give "
+                          f"--task (one of {', '.join(tasks.registry())}) or evaluate a run whose config lists rewards")
     # every row is evaluated: too-long prompts are truncated (counted), never skipped
     d = replace(cfg.data, long_prompts="truncate" if cfg.data.long_prompts == "skip" else cfg.data.long_prompts)
     cfg = replace(cfg, data=d)
     counts: dict = {}
-    rows = check_rows(read_rows(data, d.bad_rows, counts), data, d, counts, spec.needs_reference)
+    rows = check_rows(read_rows(data, d.bad_rows, counts), data, d, counts, bool(spec and spec.needs_reference))
     rows = rows[:limit] if limit else rows
     if not rows:
         raise DataError(f"{data}: no usable rows")
-    model, tok = load_policy(cfg.model, adapter=adapter)
-    model.eval()
-    device = next(model.parameters()).device
-    prompts = Prompts(cfg, tok)
-    rows = prompts.encode(rows, str(data))
-    counts.update({k: v for k, v in prompts.counts.items() if v})
-
-    greedy, sampled = [], None
-    for s in range(0, len(rows), batch_size):
-        greedy += generate(model, tok, rows[s:s + batch_size], cfg, None, device, greedy=True).completions
-    if samples:
-        temp = temperature if temperature is not None else (cfg.rollout.temperature or 1.0)
-        scfg = replace(cfg, rollout=replace(cfg.rollout, temperature=temp))
-        gen = torch.Generator(device).manual_seed(seed)
-        flat: list[str] = []
-        per = max(1, batch_size // samples)
-        for s in range(0, len(rows), per):
-            rep = [r for r in rows[s:s + per] for _ in range(samples)]
-            flat += generate(model, tok, rep, scfg, gen, device).completions
-        sampled = [flat[i * samples:(i + 1) * samples] for i in range(len(rows))]
-
-    reward_fns = build_rewards(cfg, None) if cfg.rewards.components else []
+    model, tok = backends.load_policy(cfg.model, adapter=adapter)
+    # rlft's own sampler here, whatever engine the run trained with (one process, no vLLM engine to start)
+    backend = backends.build(replace(cfg, rollout=replace(cfg.rollout, engine="rlft")), model, tok)
+    examples = make_examples(cfg, tok, rows, str(data), counts, encoder=backend.seq2seq)
+    greedy, sampled = _generate(backend, examples, cfg, samples, seed, batch_size, temperature)
 
     def score(completions: list[str], m: int) -> dict:
         """The config's rewards on ``completions`` (each row's m completions in a row): means."""
-        if not reward_fns:
-            return {}
-        rep = [r for r in rows for _ in range(m)]
-        cols = columns_of([r["_row"] for r in rep])
-        if d.reference_column in cols and "reference" not in cols:
-            cols["reference"] = cols[d.reference_column]
-        ids = [tok(c, add_special_tokens=False)["input_ids"] for c in completions]
-        res = compute(reward_fns, [r["_prompt"] for r in rep], completions, [len(x) for x in ids], cols,
-                      on_error="drop", group_size=m, completion_ids=ids)
-        ok = [not bad for bad in res.invalid]
-        total = [sum(v) for v, good in zip(res.token_rewards, ok) if good]
-        out = {"reward": sum(total) / max(1, len(total))}
-        out.update({k: v for k, v in res.metrics().items()   # reward/<name>: each component's mean
-                    if k.startswith("reward/") and not k.endswith(("_none_frac", "invalid_frac")) and "/" not in k[7:]})
-        return out
+        return _reward_means(reward_fns, [e for e in examples for _ in range(m)], completions, tok, cfg, m)
 
-    refs = [r.get(d.reference_column) for r in rows]
-    out = tasks.Outputs(rows=[r["_row"].columns for r in rows],
-                        prompts=[r["_prompt"] for r in rows], references=refs, greedy=greedy, sampled=sampled,
-                        score=score)
-    metrics = spec.metrics(out)
-    outputs = [{"prompt": r["_text"], "reference": ref, "greedy": g, **({"samples": sampled[i]} if sampled else {})}
-               for i, (r, ref, g) in enumerate(zip(rows, refs, greedy))]
-    del model
-    return {"task": spec.name, "metrics": metrics, "outputs": outputs, "counts": counts}
+    refs = [e.row.columns.get(d.reference_column) for e in examples]
+    out = tasks.Outputs(rows=[e.row.columns for e in examples], prompts=[e.prompt for e in examples],
+                        references=refs, greedy=greedy, sampled=sampled, score=score)
+    metrics = spec.metrics(out) if spec is not None else score(greedy, 1)
+    outputs = [{"prompt": e.text, "reference": ref, "greedy": g, **({"samples": sampled[i]} if sampled else {})}
+               for i, (e, ref, g) in enumerate(zip(examples, refs, greedy))]
+    return {"task": spec.name if spec else "(the run's rewards)", "metrics": metrics, "outputs": outputs,
+            "counts": counts}
+
+
+def _generate(backend, examples, cfg: Config, samples: int, seed: int, batch_size: int, temperature):
+    """Greedy completions [N] and, with ``samples`` k, k sampled ones per example [N][k]."""
+    import torch
+
+    greedy: list[str] = []
+    for s in range(0, len(examples), batch_size):
+        greedy += sample_examples(backend, examples[s:s + batch_size], cfg, greedy=True).completions
+    if not samples:
+        return greedy, None
+    temp = temperature if temperature is not None else (cfg.rollout.temperature or 1.0)
+    scfg = replace(cfg, rollout=replace(cfg.rollout, temperature=temp))
+    gen = torch.Generator(backend.device).manual_seed(seed)
+    flat: list[str] = []
+    per = max(1, batch_size // samples)
+    for s in range(0, len(examples), per):
+        rep = [e for e in examples[s:s + per] for _ in range(samples)]
+        flat += sample_examples(backend, rep, scfg, gen).completions
+    return greedy, [flat[i * samples:(i + 1) * samples] for i in range(len(examples))]
+
+
+def _reward_means(reward_fns, examples, completions: list[str], tok, cfg: Config, m: int) -> dict:
+    """{"reward": the mean total over the valid samples, "reward/<name>": each reward's mean}."""
+    if not reward_fns:
+        return {}
+    ids = [tok(c, add_special_tokens=False)["input_ids"] for c in completions]
+    res = run_rewards(reward_fns, examples, completions, ids, cfg, on_error="drop", group_size=m)
+    total = [sum(v) for v, bad in zip(res.token_rewards, res.invalid) if not bad]
+    out = {"reward": sum(total) / len(total) if total else float("nan")}
+    out.update({k: v for k, v in res.metrics().items()   # reward/<name>: each component's mean
+                if k.startswith("reward/") and not k.endswith(("_none_frac", "invalid_frac")) and "/" not in k[7:]})
+    return out
 
 
 def _label(path: str) -> str:

@@ -1,8 +1,8 @@
-"""The policy: any AutoModelForCausalLM with its tokenizer, prompt encoding, and per-token log-probs.
+"""The model layer's shared pieces, below every backend: loading a causal LM and its tokenizer, LoRA, prompt
+formatting and encoding, padding, positions, the output head, and `token_logps` -- the chunked float32 log-softmax
+every backend's log-probs go through (no float32 [N, T, V] tensor exists at once).
 
-`completion_logp` is the one place where log-probs of given completions are computed (for the loss,
-the old policy and the reference policy). It runs the backbone once over prompt + completion and
-applies the output head only at completion positions, in chunks, so no float32 [B, L, V] tensor exists.
+Nothing here decides which backend runs the model: `rlft.backends.build` does that once (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, ModelConfig
-from .fsdp import is_fsdp
-from .lean import lean, position_ids
+from .config import ModelConfig
+from .errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -27,25 +26,29 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_policy(cfg: ModelConfig, adapter: str | None = None):
-    """Load model and tokenizer from a local folder or a hub id; fix what real checkpoints lack.
+def check_path(cfg: ModelConfig) -> None:
+    """A model.path that looks local must exist (hub ids look like 'org/name')."""
+    if not cfg.path:
+        raise ConfigError("model.path is empty: give a local model folder or a hub id")
+    looks_local = cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") > 1
+    if looks_local and not Path(cfg.path).expanduser().exists():
+        raise ConfigError(f"model.path {cfg.path} does not exist (a local folder was expected; hub ids look "
+                          f"like 'org/name')")
+
+
+def hub_kwargs(cfg: ModelConfig) -> dict:
+    return dict(trust_remote_code=cfg.trust_remote_code, **({"revision": cfg.revision} if cfg.revision else {}))
+
+
+def load_causal(cfg: ModelConfig, adapter: str | None = None):
+    """An AutoModelForCausalLM and its tokenizer from a local folder or a hub id; fix what real checkpoints lack.
 
     With ``model.lora.r > 0`` the model is wrapped with LoRA adapters: new ones, or those saved in
     ``adapter`` (a checkpoint folder)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not cfg.path:
-        raise ConfigError("model.path is empty: give a local model folder or a hub id")
     local = Path(cfg.path).expanduser()
-    looks_local = cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") > 1
-    if looks_local and not local.exists():
-        raise ConfigError(f"model.path {cfg.path} does not exist (a local folder was expected; hub ids look "
-                          f"like 'org/name')")
-    from . import seq2seq
-
-    if seq2seq.wants_seq2seq(cfg):  # encoder-decoder policies (model.kind): rlft/seq2seq.py
-        return seq2seq.load_policy(cfg, adapter)
-    kw = dict(trust_remote_code=cfg.trust_remote_code, **({"revision": cfg.revision} if cfg.revision else {}))
+    kw = hub_kwargs(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.path, **kw)
         model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=DTYPES[cfg.dtype], **kw)
@@ -53,7 +56,7 @@ def load_policy(cfg: ModelConfig, adapter: str | None = None):
         where = "from the local folder" if local.exists() else "(not a local folder; tried it as a hub id)"
         raise ConfigError(f"cannot load model.path {cfg.path!r} {where}: {e}") from None
     model.to(pick_device(cfg.device))
-    prepare_tokenizer(tokenizer, model)
+    prepare_tokenizer(tokenizer)
     return memory_savers(model, cfg, adapter), tokenizer
 
 
@@ -92,16 +95,15 @@ def unwrap(model):
     return model.get_base_model() if is_lora(model) else model
 
 
-def prepare_tokenizer(tokenizer, model) -> None:
-    """Pad token (many checkpoints have none: reuse EOS), left padding for prompts, and the model's
-    full list of EOS ids (generation_config.json may list several) as ``tokenizer.rlft_eos_ids``."""
+def prepare_tokenizer(tokenizer) -> None:
+    """Pad token (many checkpoints have none: reuse EOS) and left padding for prompts."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     tokenizer.padding_side = "left"
-    tokenizer.rlft_eos_ids = eos_ids(tokenizer, model)
 
 
 def eos_ids(tokenizer, model) -> list[int]:
+    """The model's full list of EOS ids: generation_config.json may list several, then config, then tokenizer."""
     ids: list[int] = []
     for src in (getattr(model, "generation_config", None), model.config, tokenizer):
         v = getattr(src, "eos_token_id", None)
@@ -129,12 +131,13 @@ def format_prompt(tokenizer, text_or_messages, *, chat_template: str = "auto", s
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def encode_prompt(tokenizer, text: str, add_bos: str = "auto") -> list[int]:
+def encode_prompt(tokenizer, text: str, add_bos: str = "auto", *, encoder: bool = False) -> list[int]:
     """Token ids of a formatted prompt, with BOS exactly once when the model expects one.
 
     Encoding without special tokens and adding BOS ourselves avoids the double BOS of a chat template that
-    already writes it in the text."""
-    if getattr(tokenizer, "rlft_seq2seq", False):  # encoder inputs: the tokenizer's own special tokens (seq2seq.py)
+    already writes it in the text. ``encoder``: the encoder inputs of a seq2seq model, which take the tokenizer's
+    own special tokens (T5 and Marian append ``</s>``, BART wraps in ``<s> ... </s>``): how they were trained."""
+    if encoder:
         return tokenizer(text)["input_ids"]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
@@ -157,6 +160,11 @@ def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Ten
             ids[i, width - len(s):] = torch.tensor(s)
             mask[i, width - len(s):] = 1
     return ids.to(device), mask.to(device)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding (as transformers.generate computes them)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def output_head(model):
@@ -182,56 +190,6 @@ class TokenStats:
     logp: torch.Tensor               # [N, T] log pi(a_t | s_t) at the sampling temperature
     entropy: torch.Tensor | None     # [N, T] entropy of pi(. | s_t), when asked for
     hidden: torch.Tensor | None      # [N, T, H] last hidden state at s_t, when asked for (value head)
-
-
-def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float = 1.0,
-                    with_entropy: bool = False, with_hidden: bool = False, chunk_tokens: int = 4096,
-                    entropy_grad: bool = True, owner: torch.Tensor | None = None) -> TokenStats:
-    """Per-token log-probs of the completions under ``model``.
-
-    One backbone forward over prompt + completion; the head runs only on the T completion positions,
-    ``chunk_tokens`` positions at a time, with the log-softmax in float32 per chunk. ``entropy_grad=False``:
-    the entropy is for logging only, so no graph is kept for it (with a large vocabulary that graph holds two
-    more [chunk, V] float32 tensors until the backward pass).
-
-    ``owner`` [N]: rows share prompts; ``prompt_ids`` / ``prompt_mask`` hold each distinct prompt once ([U, P])
-    and row i continues prompt ``owner[i]``. Models rlft/lean.py covers then run each prompt once for all its
-    rows (`Lean.completion_states`); others get the prompts indexed out to the rows.
-    """
-    p = prompt_ids.shape[1]
-    n, t = completion_ids.shape
-    # the same arithmetic without transformers' per-call bookkeeping (rlft/lean.py); None for seq2seq, and FSDP
-    # models go through their root forward (rlft/fsdp.py)
-    fast = None if is_fsdp(model) else lean(model, p + t)
-    if owner is not None and fast is None:  # only the lean forward shares prompts: give each row its own
-        prompt_ids, prompt_mask, owner = prompt_ids[owner], prompt_mask[owner], None
-    if model.config.is_encoder_decoder:  # decoder tokens given the encoder inputs: rlft/seq2seq.py
-        from .seq2seq import completion_logp as seq2seq_logp
-
-        return seq2seq_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature,
-                            with_entropy=with_entropy, with_hidden=with_hidden, chunk_tokens=chunk_tokens)
-    if is_fsdp(model):  # sharded weights: only the root forward gathers them (rlft/fsdp.py)
-        from .fsdp import completion_logp as fsdp_logp
-
-        return fsdp_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature,
-                         with_entropy=with_entropy, with_hidden=with_hidden, chunk_tokens=chunk_tokens,
-                         entropy_grad=entropy_grad)
-    backbone, head = output_head(model)
-    if owner is not None:  # fast is not None here
-        h = fast.completion_states(prompt_ids, prompt_mask, owner, completion_ids, completion_mask)  # [N, T, H]
-    else:
-        ids = torch.cat([prompt_ids, completion_ids], 1)                  # [N, P+T]
-        mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)
-        if fast is not None:
-            h = fast.hidden(ids, mask, position_ids(mask))                 # [N, P+T, H]
-        else:
-            h = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                         use_cache=False).last_hidden_state               # [N, P+T, H]
-        h = h[:, p - 1:p - 1 + t]                                          # states s_t predicting a_t: [N, T, H]
-    flat_h = h.reshape(n * t, -1)
-    logp, entropy = token_logps(lambda a, b: head(flat_h[a:b]), completion_ids, temperature=temperature,
-                                with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_tokens=chunk_tokens)
-    return TokenStats(logp, entropy, h if with_hidden else None)
 
 
 def token_logps(logits_of, tokens: torch.Tensor, *, temperature: float, with_entropy: bool, entropy_grad: bool = True,

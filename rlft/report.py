@@ -338,7 +338,7 @@ FIGURES = [
     ("reward", "Reward", "total and per component; faint: each step, solid: smoothed", _reward_keys, True, "m"),
     ("eval", "Evaluation", "greedy completions on the eval set", lambda keys: sorted(
         (k for k in keys if k.startswith("eval/") and not k.endswith("len_mean")),  # lengths: another scale
-        key=lambda k: (k != "eval/reward", k)), False, "e"),  # the total first (drawn on top)
+        key=lambda k: (k != "eval/reward/mean", k)), False, "e"),  # the total first (drawn on top)
     ("kl", "KL to the reference", "kl/mean, per token", _fixed("kl/mean"), False, "m"),
     ("entropy", "Entropy", "loss/entropy: mean per-token entropy of the policy", _fixed("loss/entropy"), False, "m"),
     ("length", "Completion length", "rollout/len_mean, tokens", _fixed("rollout/len_mean"), False, "m"),
@@ -356,7 +356,7 @@ FIGURES = [
 
 def _short(key: str) -> str:
     """The series name inside a figure: reward/mean -> total, reward/bleu -> bleu, perf/sample_seconds -> sample."""
-    if key == "reward/mean":
+    if key in ("reward/mean", "eval/reward/mean"):
         return "total"
     tail = key.split("/", 1)[-1]
     return tail[:-8] if key.startswith("perf/") and tail.endswith("_seconds") else tail
@@ -556,7 +556,7 @@ def summary_html(runs: list[Run]) -> str:
     for i, r in enumerate(runs):
         times = [m["time"] for m in r.metrics if isinstance(m.get("time"), (int, float))]
         reward = [v for _, v in series(r.metrics, "reward/mean") if v is not None]
-        ev = [v for _, v in series(r.evals, "eval/reward") if v is not None]
+        ev = [v for _, v in series(r.evals, "eval/reward/mean") if v is not None]
         swatch = f'<span class="swatch" style="background:{COLOURS[i % len(COLOURS)]}"></span>' if len(runs) > 1 else ""
         rows.append([swatch + html.escape(r.name), _pre(r.folder), str(r.metrics[-1]["step"] if r.metrics else 0),
                      _duration(times[-1] - times[0] if len(times) > 1 else None),

@@ -84,3 +84,31 @@ def save_tiny(path, model, tokenizer) -> str:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def tiny_seq2seq_lm(tokenizer, arch: str = "t5", hidden: int = 32, layers: int = 2, heads: int = 2,
+                    max_positions: int = 512, seed: int = 0):
+    """A randomly initialised ``t5`` or ``bart`` sized for a CPU test (no dropout, so train and eval agree).
+    The BART one forces BOS as the decoder's first token, as facebook/bart-large does."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    pad, bos, eos = tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+    if arch == "t5":
+        cfg = AutoConfig.for_model("t5", d_model=hidden, num_layers=layers, num_decoder_layers=layers,
+                                   num_heads=heads, d_kv=hidden // heads, d_ff=hidden * 2, vocab_size=len(tokenizer),
+                                   decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos, dropout_rate=0.0)
+    elif arch == "bart":
+        cfg = AutoConfig.for_model("bart", d_model=hidden, encoder_layers=layers, decoder_layers=layers,
+                                   encoder_attention_heads=heads, decoder_attention_heads=heads,
+                                   encoder_ffn_dim=hidden * 2, decoder_ffn_dim=hidden * 2,
+                                   max_position_embeddings=max_positions, vocab_size=len(tokenizer),
+                                   pad_token_id=pad, bos_token_id=bos, eos_token_id=eos, decoder_start_token_id=eos,
+                                   dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    else:
+        raise ValueError(f"tiny_seq2seq_lm: arch must be t5 or bart, got {arch!r}")
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(cfg)
+    if arch == "bart":
+        model.generation_config.forced_bos_token_id = bos
+        model.generation_config.forced_eos_token_id = None  # rlft never forces EOS at the length limit
+    return model

@@ -49,12 +49,12 @@ def test_both_sides_run_the_same_settings(estimator, tokens):
 def _rollout(model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from conftest import sample
     from rlft.policy import encode_prompt, left_pad, prepare_tokenizer
-    from rlft.rollout import sample
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    prepare_tokenizer(tok, model)
+    prepare_tokenizer(tok)
     texts = [p for p in prompts(4) for _ in range(4)]
     ids, mask = left_pad([encode_prompt(tok, t, "off") for t in texts], tok.pad_token_id)
     ro = sample(model, tok, ids, mask, max_new_tokens=24, temperature=1.0, generator=torch.Generator().manual_seed(0))
@@ -68,14 +68,15 @@ def test_both_sides_score_the_same_samples_alike(model_dir, tmp_path):
 
     from rlft.data import Row
     from rlft.rewards import Reward
-    from rlft.train import Prompts, score
+    from rlft.step import make_examples, score
 
     model, tok, texts, ro = _rollout(model_dir)
     job = Job(estimator="grpo", max_new_tokens=24, batch_prompts=4)
     # rlft: the trainer's own scoring of the rollout
     cfg = vs_trl.rlft_config(job, model_dir, str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
-    rows = Prompts(cfg, tok).encode([Row(i, {"prompt": t}) for i, t in enumerate(texts)], "test")
-    dense, valid, _ = score(rows, ro, [Reward("reward", reward)], cfg, 1)
+    examples = make_examples(cfg, tok, [Row(i, {"prompt": t}) for i, t in enumerate(texts)], "test", {})
+    sc = score([Reward("reward", reward)], examples, ro, cfg, 1)
+    dense, valid = sc.token_rewards, sc.valid
     ours = (dense * ro.completion_mask).sum(-1)
     # TRL: its decoding of the same token ids (cut after EOS) and its reward call
     trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=vs_trl.trl_config(job, str(tmp_path / "t")),
@@ -87,7 +88,7 @@ def test_both_sides_score_the_same_samples_alike(model_dir, tmp_path):
     assert completions == ro.completions
     assert valid.all() and torch.equal(ours, theirs)
     # and both tokenize the prompts alike (no chat template, no BOS added by this tokenizer)
-    assert [r["_ids"] for r in rows] == tok(text=texts)["input_ids"]
+    assert [e.ids for e in examples] == tok(text=texts)["input_ids"]
 
 
 def test_profiled_run_and_floor(model_dir):
@@ -162,8 +163,8 @@ def test_both_sides_take_the_same_gradient_on_the_same_samples(model_dir, tmp_pa
     import datasets
     import trl
 
+    from conftest import update
     from rlft import estimators
-    from rlft.train import update
 
     model, tok, texts, ro = _rollout(model_dir)
     job = Job(estimator=estimator, max_new_tokens=24, batch_prompts=4, micro_batch=16)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import base_overrides
 from rlft.config import Config, ConfigError
-from rlft.data import DataError, PromptStream, Row, check_rows, columns_of, load_splits, read_rows
+from rlft.data import DataError, PromptStream, check_rows, columns_of, load_splits, read_rows
 
 ROWS = [{"prompt": "2+2=", "reference": ["4"], "level": 1}, {"prompt": "3+5=", "reference": ["8", "eight"], "level": 2}]
 
@@ -187,55 +187,6 @@ def test_prompt_stream_resumes_exactly_across_epochs():
     assert first + [r["i"] for r in b.next(6)] == whole
     assert sorted(whole[:5]) == list(range(5)) and whole[:5] != whole[5:10]  # each epoch a new permutation
     assert [r["i"] for r in PromptStream(rows, seed=3, shuffle=False).next(6)] == [0, 1, 2, 3, 4, 0]
-
-
-# ---------------------------------------------------------------------------------- prompt templates
-
-def _prompts(tok, **data):
-    from rlft.train import Prompts
-
-    over = [f"data.{k}={v}" for k, v in data.items()]
-    return Prompts(Config.load(None, over), tok)
-
-
-def test_template_names_any_column_and_a_missing_one_is_an_error():
-    from rlft.tiny import byte_tokenizer
-
-    tok = byte_tokenizer()
-    pr = _prompts(tok, template='"Q ({level}): {prompt}\\nA:"')
-    enc = pr.encode([Row(1, ROWS[0])], "d.jsonl")[0]  # the row: prompt 2+2=, level 1
-    assert enc["_prompt"] == enc["_text"] == "Q (1): 2+2=\nA:" and tok.decode(enc["_ids"]) == enc["_text"]
-    with pytest.raises(ConfigError, match="names column 'topic' that row at line 4 does not have"):
-        _prompts(tok, template="'{topic}: {prompt}'").encode([Row(4, {"prompt": "x"})], "d.jsonl")
-
-
-def test_chat_template_for_chat_models_and_messages_pass_through():
-    from rlft.tiny import byte_tokenizer
-
-    tok = byte_tokenizer(chat=True)
-    pr = _prompts(tok, template="'Q: {prompt}'", system="'be brief'")
-    text_row, msg_row = Row(1, {"prompt": "2+2="}), Row(2, {"prompt": [{"role": "user", "content": "hi"}]})
-    a, b = pr.encode([text_row, msg_row], "d.jsonl")
-    assert a["_prompt"] == "Q: 2+2=" and a["_text"] == "<|system|>be brief</s><|user|>Q: 2+2=</s><|assistant|>"
-    assert b["_prompt"] == msg_row.columns["prompt"]
-    assert b["_text"] == "<|system|>be brief</s><|user|>hi</s><|assistant|>"
-    off = Config.load(None, ["model.chat_template=off"])
-    from rlft.train import Prompts
-
-    assert Prompts(off, tok).encode([text_row], "d")[0]["_text"] == "2+2="
-
-
-@pytest.mark.parametrize("mode", ["truncate", "skip"])
-def test_long_prompts_truncated_from_the_left_or_skipped_and_counted(mode):
-    from rlft.tiny import byte_tokenizer
-
-    tok = byte_tokenizer()
-    pr = _prompts(tok, max_prompt_tokens=4, long_prompts=mode)
-    out = pr.encode([Row(1, {"prompt": "abcdefgh"}), Row(2, {"prompt": "ab"})], "d.jsonl")
-    if mode == "truncate":
-        assert tok.decode(out[0]["_ids"]) == "efgh" and pr.counts["truncated_prompts"] == 1  # the end is kept
-    else:
-        assert [r["_row"].line for r in out] == [2] and pr.counts["skipped_prompts"] == 1
 
 
 # ------------------------------------------------------------------------------ through the trainer

@@ -1,4 +1,4 @@
-"""The advantage estimators, with expected values worked out by hand in the comments (DESIGN.md, 'The math')."""
+"""The advantage estimators, with expected values worked out by hand in the comments (docs/algorithms.md)."""
 
 import math
 

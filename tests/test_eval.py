@@ -17,9 +17,8 @@ def _lines(path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two checkpoints per task: a tiny T5 on translation, a tiny Llama on summarization."""
-    from rlft.seq2seq import tiny_seq2seq_lm
     from rlft.tasks.text_examples import write_example
-    from rlft.tiny import byte_tokenizer, save_tiny, tiny_causal_lm
+    from rlft.tiny import byte_tokenizer, save_tiny, tiny_causal_lm, tiny_seq2seq_lm
     from rlft.train import train
 
     root = tmp_path_factory.mktemp("eval")

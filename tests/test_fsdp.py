@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
-from conftest import base_overrides
 from test_scale import DP, KILL, _torchrun, mixed_data  # noqa: F401 (mixed_data is a fixture)
 from transformers import AutoModelForCausalLM
 
+from conftest import base_overrides
 from rlft.config import Config, ConfigError
 from rlft.train import train
 
@@ -36,11 +36,11 @@ def test_fsdp_two_processes_equal_one_and_resume(tiny_model_dir, mixed_data, tmp
     o = {**DP, "rewards": f"[{{fn: '{f}:reward'}}]", "train.steps": 4, "train.save_every": 2, "algo.estimator": "value",
          "train.parallel": "fsdp", "data.eval_fraction": 0.2, "train.eval_every": 2}
     one, full, cut = tmp_path / "one", tmp_path / "full", tmp_path / "cut"
-    # One process, no sharding. Its log-probs go through transformers' forward, as the sharded ones must: rlft/lean.py
-    # computes the same function to ~1e-7, which Adam (lr 1e-2) would turn into ~1e-3 on weights whose gradient is
-    # near 0. Sampling is lean in both runs.
+    # One process, no sharding. Its log-probs go through transformers' forward, as the sharded ones must:
+    # rlft/backends/lean.py computes the same function to ~1e-7, which Adam (lr 1e-2) would turn into ~1e-3 on weights
+    # whose gradient is near 0. (Its sampling too: greedy, the same tokens as the sharded run's lean sampling.)
     with monkeypatch.context() as m:
-        m.setattr("rlft.policy.lean", lambda *a, **k: None)
+        m.setattr("rlft.backends.base.lean", lambda *a, **k: None)
         train(Config.load(None, base_overrides(tiny_model_dir, mixed_data, one, **o)))
     proc = _torchrun(base_overrides(tiny_model_dir, mixed_data, full, **o), full)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -82,34 +82,37 @@ def test_fsdp_two_processes_equal_one_and_resume(tiny_model_dir, mixed_data, tmp
 LOCKSTEP = '''
 import datetime, sys
 import torch
-from rlft import fsdp
+from rlft.backends import fsdp
+from rlft.backends.hf import TransformersDecoder
+from rlft.backends.lean import lean
 from rlft.config import Config
-from rlft.lean import lean
-from rlft.policy import completion_logp, left_pad
-from rlft.rollout import _Transformers, hf_generate, sample
+from rlft.policy import left_pad
+from rlft.sampling import SamplingParams
+from rlft.step import MicroBatch
 from rlft.tiny import byte_tokenizer, tiny_causal_lm
 
 torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
 rank = torch.distributed.get_rank()
 tok = byte_tokenizer()
 tok.pad_token = tok.eos_token
-tok.rlft_eos_ids = [tok.eos_token_id]
-model = fsdp.shard(tiny_causal_lm(tok, hidden=32, layers=2, heads=2, max_positions=128, seed=0),
-                   Config.load(None, ["train.parallel=fsdp"]))
+cfg = Config.load(None, ["train.parallel=fsdp"])
+model = fsdp.shard(tiny_causal_lm(tok, hidden=32, layers=2, heads=2, max_positions=128, seed=0), cfg)
+backend = fsdp.FSDP(model, tok, [tok.eos_token_id], cfg)
 assert lean(model) is None  # sharded: its own forward would bypass FSDP's gathering
 ids, mask = left_pad([[5, 6, 7]] * (1 + 2 * rank), tok.pad_token_id)
 with fsdp.gathered(model):  # different batch sizes and step counts per rank, through both decoders
     assert lean(model) is not None
-    ro = sample(model, tok, ids, mask, max_new_tokens=3 + 9 * rank, temperature=1.0,
-                generator=torch.Generator().manual_seed(rank))
+    ro = backend.sample(ids, mask, SamplingParams(max_new_tokens=3 + 9 * rank, temperature=1.0),
+                        generator=torch.Generator().manual_seed(rank))
     with torch.inference_mode():
-        dec = _Transformers(model, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), 8)
+        dec = TransformersDecoder(model, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), 8)
         for t in range(2 + 5 * rank):
             dec.step(torch.full((ids.shape[0],), 9 + t))
     if rank == 0:  # as evaluation does: rank 0 alone, through transformers' generate
-        hf_generate(model, tok, ids, mask, max_new_tokens=4, temperature=0.0)
+        fsdp.FSDP(model, tok, [tok.eos_token_id], cfg, engine="hf").sample(ids, mask, SamplingParams(4, 0.0))
 assert lean(model) is None and ro.completion_ids.shape[1] == 3 + 9 * rank
-logp = completion_logp(model, ids, mask, ro.completion_ids, ro.completion_mask).logp  # a sharded forward
+mb = MicroBatch(torch.arange(len(ids)), ids, mask, None, ro.completion_ids, ro.completion_mask)
+logp = backend.logprobs(mb).logp  # a sharded forward
 (logp * ro.completion_mask).sum().backward()
 assert all(p.grad is not None for p in model.parameters())
 print("lockstep ok", rank)
@@ -148,8 +151,7 @@ def test_fsdp_sharded_sampling_decodes_in_lockstep(tiny_model_dir, tmp_path, mon
          "train.eval_every": 2, "train.parallel": "fsdp", "train.fsdp_sampling": "sharded", "train.save_every": 0}
     one, two = tmp_path / "one", tmp_path / "two"
     with monkeypatch.context() as m:
-        m.setattr("rlft.policy.lean", lambda *a, **k: None)
-        m.setattr("rlft.rollout.lean", lambda *a, **k: None)
+        m.setattr("rlft.backends.base.lean", lambda *a, **k: None)
         train(Config.load(None, base_overrides(tiny_model_dir, data, one, **o)))
     proc = _torchrun(base_overrides(tiny_model_dir, data, two, **o), two)
     assert proc.returncode == 0, proc.stderr[-4000:]

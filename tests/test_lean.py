@@ -1,21 +1,14 @@
-"""rlft/lean.py against transformers: the same hidden states (bitwise), the same decoding logits, the same
+"""rlft/backends/lean.py against transformers: the same hidden states (bitwise), the same decoding logits, the same
 greedy tokens as `generate`, the same gradients; and every case it does not cover falls back (None)."""
 
 import pytest
 import torch
-from conftest import assert_greedy_equals_generate
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlft.lean import lean
-from rlft.policy import (
-    completion_logp,
-    encode_prompt,
-    left_pad,
-    output_head,
-    position_ids,
-    prepare_tokenizer,
-)
-from rlft.rollout import _cache_names, sample
+from conftest import assert_greedy_equals_generate, completion_logp, sample
+from rlft.backends.hf import cache_names as _cache_names
+from rlft.backends.lean import lean
+from rlft.policy import encode_prompt, left_pad, output_head, position_ids, prepare_tokenizer
 from rlft.tiny import byte_tokenizer
 
 TOK = byte_tokenizer()
@@ -38,11 +31,12 @@ def build(name, **extra):
     if kind == "gpt2":
         cfg = AutoConfig.for_model("gpt2", n_embd=32, n_layer=2, n_head=2, n_positions=128, **common, **kw, **extra)
     else:
-        cfg = AutoConfig.for_model(kind, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        cfg = AutoConfig.for_model(kind, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4,
                                    max_position_embeddings=128, **{"num_key_value_heads": 4, **kw}, **common, **extra)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg).eval()
-    prepare_tokenizer(TOK, model)
+    prepare_tokenizer(TOK)
     return model
 
 
@@ -105,13 +99,13 @@ def test_gradients_equal_transformers(name):
         if use_lean:
             st = completion_logp(model, ids, mask, comp, cmask, with_entropy=True)
         else:
-            from rlft import policy
+            from rlft.backends import base
 
-            saved, policy.lean = policy.lean, lambda *a: None
+            saved, base.lean = base.lean, lambda *a: None
             try:
                 st = completion_logp(model, ids, mask, comp, cmask, with_entropy=True)
             finally:
-                policy.lean = saved
+                base.lean = saved
         ((st.logp + 0.1 * st.entropy) * cmask).sum().backward()
         return st.logp.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
@@ -140,7 +134,8 @@ def test_falls_back_where_it_does_not_apply():
 def test_lora_adapters_are_used():
     peft = pytest.importorskip("peft")
     model = build("llama")
-    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora_cfg = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    lora = peft.get_peft_model(model, lora_cfg)
     ids, mask = batch()
     pos = position_ids(mask)
     fast = lean(lora, ids.shape[1])
@@ -166,7 +161,7 @@ def _early_eos_case():
 
 
 def test_finished_rows_leave_the_batch_greedy_still_equals_generate(monkeypatch):
-    from rlft.lean import Decoder
+    from rlft.backends.lean import Decoder
 
     kept = []
     keep = Decoder.keep

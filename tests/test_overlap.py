@@ -10,12 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import sample
+from rlft.collect import Overlap, sample_examples
 from rlft.config import Config, ConfigError
 from rlft.data import Row
 from rlft.policy import encode_prompt, left_pad, prepare_tokenizer
 from rlft.rewards import RewardError
-from rlft.rollout import sample
-from rlft.train import _Overlap, train
+from rlft.step import Example
+from rlft.train import train
 
 STOPS = list("abcdefghijklmnopqrstuvwxyz")  # a random byte model stops at one of these after a few tokens
 
@@ -37,7 +39,7 @@ def _cfg(model_dir, data, out, **extra) -> Config:
 def _policy(model_dir):
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    prepare_tokenizer(tok, model)
+    prepare_tokenizer(tok)
     return model, tok
 
 
@@ -86,14 +88,15 @@ def test_a_run_with_overlap_equals_one_without(tiny_model_dir, tiny_data, tmp_pa
 
 
 def test_parts_are_scored_while_the_rest_decode(tiny_model_dir, tiny_data, monkeypatch):
-    from rlft.lean import Decoder
+    from rlft.backends.lean import Decoder
 
     step, stepped = Decoder.step, []  # each decoding step takes 10 ms more, and records when it ran
     monkeypatch.setattr(Decoder, "step",
-                        lambda self, tokens: (time.sleep(0.01), stepped.append(time.perf_counter()), step(self, tokens))[2])
+                        lambda self, tokens: (time.sleep(0.01), stepped.append(time.perf_counter()),
+                                              step(self, tokens))[2])
     model, tok = _policy(tiny_model_dir)
     cfg = _cfg(tiny_model_dir, tiny_data, "unused")
-    rows = [{"_row": Row(i + 1, {}), "_prompt": f"{i}+{i}=", "_ids": encode_prompt(tok, f"{i}+{i}=", "off")}
+    rows = [Example(f"{i}+{i}=", f"{i}+{i}=", encode_prompt(tok, f"{i}+{i}=", "off"), Row(i + 1, {}))
             for i in range(3) for _ in range(4)]
     called = []
 
@@ -101,11 +104,12 @@ def test_parts_are_scored_while_the_rest_decode(tiny_model_dir, tiny_data, monke
         called.append(time.perf_counter())
         return _letters(prompts, completions)
 
+    from conftest import backend_of
     from rlft.rewards import Reward
-    from rlft.train import generate
 
-    with _Overlap(rows, [Reward("letters", reward)], cfg, 1, tok.pad_token_id) as overlap:
-        ro = generate(model, tok, rows, cfg, torch.Generator().manual_seed(0), "cpu", on_done=overlap.done)
+    with Overlap(rows, [Reward("letters", reward)], cfg, 1, tok.pad_token_id) as overlap:
+        ro = sample_examples(backend_of(model, tok), rows, cfg, torch.Generator().manual_seed(0),
+                             on_done=overlap.done)
         res = overlap.finish(ro)
     assert len(called) >= 2 and called[0] < stepped[-1]  # the first part was scored while decoding went on
     assert [round(x[-1], 9) for x in res.token_rewards] == [round(x, 9) for x in _letters(None, ro.completions)]

@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
+from rlft.backends import load_policy
 from rlft.config import Config, ConfigError
-from rlft.policy import encode_prompt, format_prompt, load_policy
+from rlft.policy import encode_prompt, eos_ids, format_prompt
 from rlft.tiny import byte_tokenizer, save_tiny, tiny_causal_lm
 
 
@@ -21,7 +22,8 @@ def _save(tmp_path, tok, **gen):
 
 
 def _load(path, **model_cfg):
-    return load_policy(Config.load(None, [f"model.path={path}"] + [f"model.{k}={v}" for k, v in model_cfg.items()]).model)
+    over = [f"model.path={path}"] + [f"model.{k}={v}" for k, v in model_cfg.items()]
+    return load_policy(Config.load(None, over).model)
 
 
 def test_no_pad_token_and_a_list_of_eos_ids(tmp_path):
@@ -35,7 +37,7 @@ def test_no_pad_token_and_a_list_of_eos_ids(tmp_path):
     model, tok2 = _load(path)
     assert tok2.pad_token_id == tok2.eos_token_id
     assert tok2.padding_side == "left"
-    assert set(tok2.rlft_eos_ids) == {tok.eos_token_id, extra_eos}
+    assert set(eos_ids(tok2, model)) == {tok.eos_token_id, extra_eos}
 
 
 def test_bos_added_once_when_the_tokenizer_adds_one(tmp_path):

@@ -28,8 +28,8 @@ def _lines(path):
 
 
 def _with_advantages(run):
-    """Give samples.jsonl rows `tokens` and per-token `advantages`, as the trainer writes them after integration
-    (the characters of the completion; advantages that change along the sequence, of both signs)."""
+    """Give samples.jsonl rows `tokens` and per-token `advantages` that change along the sequence, of both signs
+    (the characters of the completion), so the colour scale is exercised at both ends."""
     rows = _lines(run / "samples.jsonl")
     for i, r in enumerate(rows):
         r["tokens"] = list(r["completion"]) or ["\n"]
@@ -41,7 +41,8 @@ def _with_advantages(run):
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tiny_data, tmp_path_factory):
     """Two real 4-step runs (GRPO and RLOO) that evaluate at steps 0, 2, 4 and log samples at 2 and 4. The first
-    has tokens/advantages and env.json; the second plain samples, one completion with markup in it."""
+    has tokens/advantages and env.json; the second plain samples (as older runs wrote them: the trainer's tokens and
+    advantages removed), one completion with markup in it."""
     root = tmp_path_factory.mktemp("report")
     folders = []
     for name, est in (("grpo", "grpo"), ("rloo", "rloo")):
@@ -52,6 +53,7 @@ def runs(tiny_model_dir, tiny_data, tmp_path_factory):
     _with_advantages(folders[0])
     write_environment(folders[0])
     rows = _lines(folders[1] / "samples.jsonl")
+    assert all(len(r.pop("tokens")) == len(r.pop("advantages")) for r in rows)  # what the trainer wrote
     rows[-1]["completion"] = XSS
     (folders[1] / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folders
@@ -77,8 +79,8 @@ def test_figures_draw_what_was_logged(runs, tmp_path):
     phases = {s["n"] for s in charts["phases"]["s"]}
     assert {"step", "sample", "update", "reward"} <= phases
     evals = _lines(runs[0] / "eval.jsonl")
-    assert [p[0] for p in next(s["p"] for s in charts["eval"]["s"] if s["n"] == "reward")] == [0, 2, 4]
-    assert "before (step 0)" in page and "after (step 4)" in page and f"{evals[-1]['eval/reward']:.4g}" in page
+    assert [p[0] for p in next(s["p"] for s in charts["eval"]["s"] if s["n"] == "total")] == [0, 2, 4]
+    assert "before (step 0)" in page and "after (step 4)" in page and f"{evals[-1]['eval/reward/mean']:.4g}" in page
     assert "algo:" in page and "estimator: grpo" in page  # the config
     assert f"<td>torch</td><td><span class=\"text\">{environment()['torch']}</span>" in page  # env.json
     assert not re.search(r"https?://|<link|\ssrc=|@import|url\(", page)  # nothing to fetch

@@ -4,18 +4,17 @@ leave the allowed set; EOS, stop strings and max_new_tokens end completions with
 import pytest
 import torch
 
-from rlft.policy import completion_logp, encode_prompt, left_pad, position_ids, prepare_tokenizer
-from rlft.rollout import filter_logits, hf_generate, sample
+from conftest import assert_greedy_equals_generate, completion_logp, hf_generate, sample
+from rlft.policy import encode_prompt, left_pad, position_ids, prepare_tokenizer
+from rlft.sampling import filter_logits
 from rlft.tiny import byte_tokenizer, tiny_causal_lm
-
-from conftest import assert_greedy_equals_generate
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def lm(request):
     tok = byte_tokenizer()
     model = tiny_causal_lm(tok, arch=request.param, hidden=32, layers=2, heads=2, seed=1).eval()
-    prepare_tokenizer(tok, model)
+    prepare_tokenizer(tok)
     prompts = ["hello", "a much longer prompt, padded less", "x"]
     ids, mask = left_pad([encode_prompt(tok, p) for p in prompts], tok.pad_token_id)
     return model, tok, ids, mask
@@ -64,7 +63,8 @@ def test_top_k_top_p_never_sample_outside_allowed_set(lm, top_k, top_p):
     r = sample(model, tok, ids, mask, max_new_tokens=1, temperature=1.0, top_k=top_k, top_p=top_p,
                generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        logits = model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=position_ids(mask[:1])).logits[0, -1].float()
+        out = model(input_ids=ids[:1], attention_mask=mask[:1], position_ids=position_ids(mask[:1]))
+        logits = out.logits[0, -1].float()
     allowed = torch.isfinite(filter_logits(torch.log_softmax(logits, -1)[None], top_k, top_p))[0]
     assert allowed[r.completion_ids[:, 0]].all()
     assert allowed.sum() < logits.numel()  # the filter really excluded something
@@ -73,7 +73,7 @@ def test_top_k_top_p_never_sample_outside_allowed_set(lm, top_k, top_p):
 def test_eos_every_id_and_finish_reasons():
     tok = byte_tokenizer()
     model = tiny_causal_lm(tok, hidden=32, layers=1, heads=2, seed=0).eval()
-    prepare_tokenizer(tok, model)
+    prepare_tokenizer(tok)
     ids, mask = left_pad([encode_prompt(tok, "abc")], tok.pad_token_id)
 
     def run(**kw):  # the same seed gives the same path until something ends it

@@ -23,9 +23,10 @@ def _sd(path):
 def test_lora_trains_adapters_only_and_reference_is_the_base(tiny_model_dir, tiny_data, tmp_path):
     from safetensors.torch import load_file
 
-    from rlft.policy import completion_logp, encode_prompt, left_pad, load_policy
-    from rlft.train import ADAPTERS_OFF, reference_logp
-    from rlft.rollout import sample
+    from conftest import backend_of, completion_logp, sample
+    from rlft.backends import AdaptersOff, load_policy
+    from rlft.policy import encode_prompt, left_pad
+    from rlft.update import logprobs_of
 
     over = base_overrides(tiny_model_dir, tiny_data, tmp_path / "lora", **{
         "model.lora.r": 4, "model.lora.alpha": 8, "algo.kl_coef": 0.1, "train.steps": 2, "optim.lr": 0.05,
@@ -47,7 +48,7 @@ def test_lora_trains_adapters_only_and_reference_is_the_base(tiny_model_dir, tin
     base_model, _ = load_policy(Config.load(None, [f"model.path={tiny_model_dir}"]).model)
     ids, mask = left_pad([encode_prompt(tok, "1+2=")] * 2, tok.pad_token_id)
     ro = sample(model, tok, ids, mask, max_new_tokens=5, generator=torch.Generator().manual_seed(0))
-    ref = reference_logp(model, ADAPTERS_OFF, ro, 8, 1.0)
+    ref = logprobs_of(AdaptersOff(backend_of(model, tok)), ro, cfg)  # the reference of a LoRA run
     with torch.no_grad():
         want = completion_logp(base_model, ids, mask, ro.completion_ids, ro.completion_mask).logp * ro.completion_mask
         pol = completion_logp(model, ids, mask, ro.completion_ids, ro.completion_mask).logp * ro.completion_mask

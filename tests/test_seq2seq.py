@@ -8,12 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM
 
-from conftest import base_overrides
+from conftest import base_overrides, completion_logp, hf_generate, sample
+from rlft import backends
+from rlft.backends import load_policy
+from rlft.backends.seq2seq import decoder_prefix, right_align
 from rlft.config import Config, ConfigError
-from rlft.policy import completion_logp, encode_prompt, left_pad, load_policy, prepare_tokenizer
-from rlft.rollout import hf_generate, sample
-from rlft.seq2seq import decoder_prefix, right_align, tiny_seq2seq_lm
-from rlft.tiny import byte_tokenizer, save_tiny
+from rlft.policy import encode_prompt, eos_ids, left_pad, prepare_tokenizer
+from rlft.tiny import byte_tokenizer, save_tiny, tiny_seq2seq_lm
 
 PROMPTS = ["hello", "a much longer prompt, padded less", "x", "hello"]
 
@@ -22,9 +23,8 @@ PROMPTS = ["hello", "a much longer prompt, padded less", "x", "hello"]
 def s2s(request):
     tok = byte_tokenizer()
     model = tiny_seq2seq_lm(tok, request.param, seed=1).eval()
-    prepare_tokenizer(tok, model)
-    tok.rlft_seq2seq = True
-    ids, mask = left_pad([encode_prompt(tok, p) for p in PROMPTS], tok.pad_token_id)
+    prepare_tokenizer(tok)
+    ids, mask = left_pad([encode_prompt(tok, p, encoder=True) for p in PROMPTS], tok.pad_token_id)
     return model, tok, ids, mask
 
 
@@ -42,7 +42,7 @@ def test_greedy_equals_generate(s2s):
     e_ids, e_mask = right_align(ids, mask, tok.pad_token_id)
     # generate counts a forced first token (BART's BOS) among the new ones
     ref = model.generate(input_ids=e_ids, attention_mask=e_mask, do_sample=False, max_new_tokens=16 + k - 1,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.rlft_eos_ids)[:, k:]
+                         pad_token_id=tok.pad_token_id, eos_token_id=eos_ids(tok, model))[:, k:]
     for i in range(ids.shape[0]):
         n = int(r.lengths[i])
         assert n > 0 and r.completion_ids[i, :n].tolist() == ref[i, :n].tolist()
@@ -132,8 +132,9 @@ def test_two_rl_steps_change_the_model_and_save_a_plain_checkpoint(s2s_dirs, tin
 def test_model_kind(s2s_dirs, tiny_model_dir):
     cfg = Config.load(None, [f"model.path={s2s_dirs['t5']}"])
     model, tok = load_policy(cfg.model)                       # auto: config.is_encoder_decoder
-    assert model.config.is_encoder_decoder and tok.rlft_seq2seq
-    assert encode_prompt(tok, "ab") == tok("ab")["input_ids"]  # the tokenizer's own special tokens
+    backend = backends.build(cfg, model, tok)
+    assert model.config.is_encoder_decoder and backend.seq2seq
+    assert encode_prompt(tok, "ab", encoder=backend.seq2seq) == tok("ab")["input_ids"]  # its own special tokens
     with pytest.raises(ConfigError, match="as a sequence-to-sequence model"):
         load_policy(Config.load(None, [f"model.path={tiny_model_dir}", "model.kind=seq2seq"]).model)
     with pytest.raises(ConfigError, match="is not a token"):

@@ -5,14 +5,13 @@ import copy
 
 import pytest
 import torch
+from test_lean import ARCHS, TOK, build
 
+from conftest import assert_greedy_equals_generate, completion_logp, sample, update
+from rlft.backends import load_policy
 from rlft.config import Config
 from rlft.loss import Norm, pg_loss
-from rlft.policy import completion_logp, encode_prompt, left_pad, load_policy
-from rlft.rollout import sample
-from rlft.train import update
-from conftest import assert_greedy_equals_generate
-from test_lean import ARCHS, TOK, build
+from rlft.policy import encode_prompt, left_pad
 
 PROMPTS = ["hello", "a much longer prompt, padded less", "x"]
 
@@ -63,7 +62,8 @@ def test_sampling_with_one_prefill_per_prompt(name):
 
 def _setup(tiny_model_dir, **over):
     cfg = Config.load(None, [f"model.path={tiny_model_dir}", "rollout.batch_prompts=2", "rollout.num_generations=4",
-                             "rollout.max_new_tokens=8", "optim.max_grad_norm=0", *[f"{k}={v}" for k, v in over.items()]])
+                             "rollout.max_new_tokens=8", "optim.max_grad_norm=0",
+                             *[f"{k}={v}" for k, v in over.items()]])
     model, tok = load_policy(cfg.model)
     ids, mask = left_pad([encode_prompt(tok, p) for p in ["ab", "a longer one"] for _ in range(4)], tok.pad_token_id)
     ro = sample(model, tok, ids, mask, max_new_tokens=8, generator=torch.Generator().manual_seed(0))
@@ -105,15 +105,15 @@ def test_zero_advantage_samples_are_skipped_and_the_gradient_is_unchanged(tiny_m
     loss.backward()
     want = [p.grad for p in ref.parameters()]
 
-    import rlft.train
+    from rlft.backends import Causal
 
-    seen = []
+    seen, logprobs = [], Causal.logprobs
 
-    def counting(model, prompt_ids, prompt_mask, completion_ids, *a, **kw):
-        seen.append(completion_ids.shape[0])
-        return completion_logp(model, prompt_ids, prompt_mask, completion_ids, *a, **kw)
+    def counting(self, mb, **kw):
+        seen.append(mb.completion_ids.shape[0])
+        return logprobs(self, mb, **kw)
 
-    monkeypatch.setattr(rlft.train, "completion_logp", counting)
+    monkeypatch.setattr(Causal, "logprobs", counting)
     got, stats = _sgd_update(model, cfg, ro, adv)
     assert sum(seen) == 4
     for a, b in zip(got, want):
@@ -122,10 +122,10 @@ def test_zero_advantage_samples_are_skipped_and_the_gradient_is_unchanged(tiny_m
 
 
 def test_a_batch_without_signal_runs_nothing_and_moves_nothing(tiny_model_dir, monkeypatch):
-    import rlft.train
+    from rlft.backends import Causal
 
     cfg, model, ro = _setup(tiny_model_dir)
-    monkeypatch.setattr(rlft.train, "completion_logp", lambda *a, **k: pytest.fail("no row should run"))
+    monkeypatch.setattr(Causal, "logprobs", lambda *a, **k: pytest.fail("no row should run"))
     params = list(model.parameters())
     before = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=0.1, weight_decay=0.0)

@@ -127,7 +127,7 @@ def example_data(tmp_path_factory):
 
 @pytest.mark.parametrize("task", TEXT)
 def test_example_data_loads_with_its_preset(example_data, task):
-    from rlft.train import build_rewards
+    from rlft.step import build_rewards
 
     cfg = Config.load(None, [f"task={task}"])
     for split in ("train", "eval"):
@@ -162,8 +162,7 @@ def _run(task, model_dir, data, out, **over):
     ("creative_writing", "llama-chat", {}),
 ])
 def test_each_text_task_trains_two_steps(example_data, tmp_path, task, arch, extra):
-    from rlft.seq2seq import tiny_seq2seq_lm
-    from rlft.tiny import byte_tokenizer, save_tiny, tiny_causal_lm
+    from rlft.tiny import byte_tokenizer, save_tiny, tiny_causal_lm, tiny_seq2seq_lm
 
     tok = byte_tokenizer(chat=arch.endswith("chat"))
     model = tiny_seq2seq_lm(tok, arch) if arch in ("t5", "bart") else tiny_causal_lm(tok, hidden=32, layers=1, heads=2)

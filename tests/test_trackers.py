@@ -63,7 +63,7 @@ def test_tensorboard(run, tmp_path):
     _replay(["tensorboard"], tmp_path, cfg, lines)
     ea = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
     ea.Reload()
-    for key in ("reward/mean", "grad_norm", "eval/reward", "perf/sample_seconds"):
+    for key in ("reward/mean", "grad_norm", "eval/reward/mean", "perf/sample_seconds"):
         _assert_series([(e.step, e.value) for e in ea.Scalars(key)], lines, key)
     assert [e.step for e in ea.Scalars("loss/kl")] == [2, 3]  # the NaN at step 1 was skipped
     assert "note" not in ea.Tags()["scalars"] and "time" in ea.Tags()["scalars"]
@@ -122,7 +122,7 @@ def test_wandb_offline(run, tmp_path, monkeypatch):
             config.update({u.key: json.loads(u.value_json) for u in rec.run.config.update})
     assert name == "my-run"
     assert config["algo.kl_coef"] == cfg.algo.kl_coef and config["run.folder"] == str(tmp_path)
-    for key in ("reward/mean", "eval/reward", "loss/pg"):
+    for key in ("reward/mean", "eval/reward/mean", "loss/pg"):
         _assert_series([(s, h[key]) for s, h in sorted(history.items()) if key in h], lines, key)
     assert "loss/kl" not in history[1] and "note" not in history[1]
     assert history[4]["samples/_type"] == "table-file"
@@ -144,7 +144,7 @@ def test_mlflow_local_store(run, tmp_path, monkeypatch):
     (r,) = client.search_runs([client.get_experiment_by_name("rlft").experiment_id])
     assert r.info.run_name == "my-run" and r.info.status == "FINISHED" and r.data.tags["rlft.out"] == str(tmp_path)
     assert r.data.params["algo.estimator"] == cfg.algo.estimator and r.data.params["rollout.num_generations"] == "4"
-    for key in ("reward/mean", "eval/reward", "grad_norm"):
+    for key in ("reward/mean", "eval/reward/mean", "grad_norm"):
         _assert_series(sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, key)), lines, key)
     assert [m.step for m in client.get_metric_history(r.info.run_id, "loss/kl")] == [2, 3]
     path = client.download_artifacts(r.info.run_id, "samples/step_000004.json", str(tmp_path / "dl"))

@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import base_overrides
+from conftest import base_overrides, completion_logp, sample, update
+from rlft.backends import load_policy
 from rlft.config import Config
-from rlft.policy import encode_prompt, left_pad, load_policy
-from rlft.rollout import sample
-from rlft.train import train, update
+from rlft.policy import encode_prompt, left_pad
+from rlft.train import train
 
 REQUIRED = ["reward/mean", "reward/std", "reward/exact_match", "reward/bleu", "rollout/len_mean",
             "rollout/truncated_frac", "rollout/zero_advantage_frac", "loss/pg", "loss/kl", "loss/entropy", "kl/mean",
@@ -129,7 +129,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tiny_model_dir, tiny_data, 
 
 
 def test_sft_warm_start_lowers_loss_and_rl_starts_from_it(tiny_model_dir, tiny_data, tmp_path):
-    from rlft.policy import completion_logp
+
 
     cfg = Config.load(None, base_overrides(tiny_model_dir, tiny_data, tmp_path / "s", **{
         "sft.steps": 30, "sft.lr": 3e-3, "train.steps": 1, "algo.kl_coef": 0.1}))

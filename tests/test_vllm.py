@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import base_overrides
 
+from conftest import base_overrides, completion_logp, sample, update
+from rlft.backends import load_policy
+from rlft.backends.vllm import policy_weights, to_rollout
 from rlft.config import Config, ConfigError
 from rlft.loss import Norm, pg_loss, tis_weights
-from rlft.policy import completion_logp, encode_prompt, left_pad, load_policy
-from rlft.rollout import sample
-from rlft.train import train, update
-from rlft.vllm_engine import policy_weights, to_rollout
+from rlft.policy import encode_prompt, left_pad
+from rlft.train import train
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 MODES = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_sum_norm"]
@@ -149,12 +149,12 @@ def test_policy_weights_of_lora_are_the_merged_weights_and_leave_the_model_alone
 
 
 def test_to_rollout_cuts_at_eos_keeps_stop_tokens_and_pads(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from rlft.policy import prepare_tokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    prepare_tokenizer(tok, AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    prepare_tokenizer(tok)
     eos = tok.eos_token_id
     enc = [tok("ab", add_special_tokens=False)["input_ids"] + [eos, 5],   # EOS, then a token that must go
            tok("x;y", add_special_tokens=False)["input_ids"],             # stopped at the string ";"

@@ -323,8 +323,7 @@ def example_config(task: str, out: Path, model_dir: Path, data: Path, seed: int 
 
 def example_model(e: dict, tok, seed: int = 0):
     """The worked example's tiny policy (``e``: an ``EXAMPLES`` entry), built from a config."""
-    from ..seq2seq import tiny_seq2seq_lm
-    from ..tiny import tiny_causal_lm
+    from ..tiny import tiny_causal_lm, tiny_seq2seq_lm
 
     if e["arch"] in ("t5", "bart"):
         return tiny_seq2seq_lm(tok, e["arch"], hidden=e["hidden"], layers=2, heads=4, seed=seed)

@@ -19,6 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..distributed import is_sharded
+from ..policy import position_ids, unwrap
+
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
 TANH_GELU = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")
 # transformers' RMSNorm of these models: weight * (x * rsqrt(mean(x^2) + eps)), upcast to float32 and back
@@ -28,13 +31,10 @@ RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 def lean(model, length: int = 0) -> Lean | None:
     """A `Lean` view of ``model`` (a plain or PEFT-wrapped causal LM), or None when unsupported.
     ``length``: the longest sequence it will see (a sliding window must not cut it)."""
-    from .fsdp import is_sharded
-    from .policy import unwrap
-
     m = unwrap(model)
     cfg = m.config
-    # FSDP shards: only the root forward gathers them (rlft/fsdp.py). Any parameter: the root's own stay gathered
-    # between its forward and backward while the layers' are sharded again.
+    # FSDP shards: only the root forward gathers them (rlft/backends/fsdp.py). Any parameter: the root's own stay
+    # gathered between its forward and backward while the layers' are sharded again.
     if any(is_sharded(p) for p in m.parameters()):
         return None
     kind = getattr(cfg, "model_type", None)
@@ -60,11 +60,6 @@ def lean(model, length: int = 0) -> Lean | None:
     elif getattr(cfg, "attention_dropout", 0.0) and m.training:
         return None
     return Lean(m, kind)
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding (as transformers.generate computes them)."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def _rotate_half(x):

@@ -24,8 +24,11 @@ import re
 
 import torch
 
-from .config import Config, ConfigError
-from .rollout import Rollout, _finish
+from ..config import Config
+from ..errors import ConfigError
+from ..policy import is_lora, unwrap
+from ..sampling import Finisher, Rollout, SamplingParams
+from .base import Causal
 
 INSTALL = "pip install 'rlft[vllm]'"
 
@@ -44,11 +47,13 @@ def check(cfg: Config, world: int = 1) -> None:
                           f"launch without torchrun or use rollout.engine=rlft")
 
 
-class VLLMEngine:
-    """A vLLM ``LLM`` holding the policy's current weights: `generate` samples, `load_weights` refreshes them,
-    `sleep` frees its GPU memory until the next `load_weights` (with ``rollout.vllm_sleep``)."""
+class VLLM(Causal):
+    """A decoder-only model whose rollouts come from a vLLM ``LLM`` holding the policy's current weights: `sample`
+    generates there, `after_update` loads the new weights, `before_update` frees vLLM's GPU memory until then (with
+    ``rollout.vllm_sleep``). Log-probs for the loss are the trainer's own (`Causal.logprobs`)."""
 
-    def __init__(self, model, tokenizer, cfg: Config, world: int = 1):
+    def __init__(self, model, tokenizer, eos_ids, cfg: Config, world: int = 1):
+        super().__init__(model, tokenizer, eos_ids)
         check(cfg, world)
         if model.config.is_encoder_decoder:
             raise ConfigError("rollout.engine=vllm supports decoder-only models; use rollout.engine=rlft for "
@@ -64,43 +69,42 @@ class VLLMEngine:
                        gpu_memory_utilization=r.vllm_gpu_memory_utilization,
                        max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens,
                        logprobs_mode="processed_logprobs", enable_sleep_mode=r.vllm_sleep)
-        self.tok, self.use_sleep, self.sleeping = tokenizer, r.vllm_sleep, False
-        self.load_weights(model)
+        self.use_sleep, self.sleeping = r.vllm_sleep, False
+        self.after_update()
 
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop=(), eos_ids=None,
-                 generator=None) -> Rollout:
-        """One completion per row of ``prompt_ids`` ([N, P], left-padded), as `rlft.rollout.sample` returns it.
-        ``eos_ids``: default the model's full list; ``[]`` samples through EOS. ``generator`` is not used."""
-        from vllm import SamplingParams, TokensPrompt
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams, *,
+               generator=None, on_done=None) -> Rollout:
+        """One completion per row of ``prompt_ids`` ([N, P], left-padded), as rlft's sampler returns it.
+        ``generator`` is not used (vLLM seeds itself from train.seed)."""
+        from vllm import SamplingParams as VParams
+        from vllm import TokensPrompt
 
-        eos = list(self.tok.rlft_eos_ids if eos_ids is None else eos_ids)
+        eos = list(self.eos_ids)
         prompts = [TokensPrompt(prompt_token_ids=[x for x, keep in zip(row, m) if keep])
                    for row, m in zip(prompt_ids.tolist(), prompt_mask.tolist())]
-        params = SamplingParams(n=1, temperature=temperature, top_k=top_k if top_k > 0 else -1, top_p=top_p,
-                                max_tokens=max_new_tokens, stop=list(stop) or None, stop_token_ids=eos or None,
-                                ignore_eos=not eos, logprobs=0)  # logprobs=0: the sampled token's only
-        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        vp = VParams(n=1, temperature=params.temperature, top_k=params.top_k if params.top_k > 0 else -1,
+                     top_p=params.top_p, max_tokens=params.max_new_tokens, stop=list(params.stop) or None,
+                     stop_token_ids=eos or None, ignore_eos=not eos, logprobs=0)  # logprobs=0: the sampled token's
         seqs, logps, by_stop = [], [], []
-        for out in outs:
+        for out in self.llm.generate(prompts, vp, use_tqdm=False):
             c = out.outputs[0]
             seqs.append(list(c.token_ids))
             logps.append([pos[tok].logprob for pos, tok in zip(c.logprobs, c.token_ids)])
             by_stop.append(isinstance(c.stop_reason, str))  # a stop string (an int: a stop token; None: EOS)
-        return to_rollout(self.tok, prompt_ids, prompt_mask, seqs, logps, by_stop, eos, stop)
+        return to_rollout(self.tokenizer, prompt_ids, prompt_mask, seqs, logps, by_stop, eos, params.stop)
 
-    def sleep(self) -> None:
+    def before_update(self) -> None:
         """Free vLLM's weights and KV cache on the GPU for the update (level 2: the weights are reloaded anyway)."""
         if self.use_sleep and not self.sleeping:
             self.llm.sleep(level=2)
             self.sleeping = True
 
-    def load_weights(self, model) -> None:
+    def after_update(self) -> None:
         """Load the policy's current weights into vLLM's model, in place (its CUDA graphs stay valid)."""
         if self.sleeping:
             self.llm.wake_up(tags=["weights"])  # the weights first, so the KV cache is not held meanwhile
         # in this process the model's load_weights reads the pairs as they are produced
-        self.llm.apply_model(lambda vllm_model: vllm_model.load_weights(policy_weights(model)))
+        self.llm.apply_model(lambda vllm_model: vllm_model.load_weights(policy_weights(self.model)))
         if self.sleeping:
             self.llm.wake_up(tags=["kv_cache"])
             self.sleeping = False
@@ -114,8 +118,6 @@ def policy_weights(model):
     With LoRA: each adapted weight plus its adapters' delta, computed beside the model when it is reached, so only
     one merged matrix exists at a time (merging into the weights and unmerging again would also leave rounding
     drift in bf16 base weights every step)."""
-    from .policy import is_lora, unwrap
-
     base = unwrap(model)
     adapted = {}
     if is_lora(model):
@@ -137,18 +139,17 @@ def policy_weights(model):
 def to_rollout(tokenizer, prompt_ids, prompt_mask, seqs: list[list[int]], logps: list[list[float]],
                by_stop: list[bool], eos: list[int], stop) -> Rollout:
     """A `Rollout` from the sampled token ids and their log-probs, one list per row, cut as rlft's sampler cuts
-    (`rlft.rollout._finish`): after the first EOS (kept, finish ``eos``); ``by_stop`` rows ended at a stop string
+    (`rlft.sampling.finish`): after the first EOS (kept, finish ``eos``); ``by_stop`` rows ended at a stop string
     (kept in the tokens, cut from the text); the rest ran to the length limit."""
     n, pad = len(seqs), tokenizer.pad_token_id
     width = max([1] + [len(x) for x in seqs])
     tokens = torch.full((n, width), pad, dtype=torch.long)     # [N, T]
     lp = torch.zeros((n, width))                               # [N, T]
-    for i, (x, l) in enumerate(zip(seqs, logps)):
+    for i, (x, lps) in enumerate(zip(seqs, logps)):
         tokens[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-        lp[i, :len(l)] = torch.tensor(l, dtype=torch.float32)
+        lp[i, :len(lps)] = torch.tensor(lps, dtype=torch.float32)
     drawn = torch.tensor([len(x) for x in seqs])
     stop_len = torch.where(torch.tensor(by_stop, dtype=torch.bool), drawn, 0)
     dev = prompt_ids.device
-    eos_ids = torch.tensor(eos, dtype=torch.long, device=dev)
-    return _finish(tokenizer, prompt_ids, prompt_mask, tokens.to(dev), lp.to(dev), eos_ids, stop_len.to(dev), stop,
-                   pad, drawn.to(dev))
+    fin = Finisher(tokenizer, torch.tensor(eos, dtype=torch.long, device=dev), tuple(stop), pad)
+    return fin(prompt_ids, prompt_mask, tokens.to(dev), lp.to(dev), stop_len.to(dev), drawn.to(dev))

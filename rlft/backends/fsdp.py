@@ -7,8 +7,8 @@ losses normalised by global counts), so FSDP must SUM the ranks' gradients, not 
 factor is 1 and the reduction a plain sum (which gloo supports too).
 
 Three rules keep the ranks in lockstep (every FSDP collective must run on all ranks, in the same order):
-* the loss and the reference / old log-probs go through the root module's forward (`completion_logp` here),
-  so FSDP's hooks gather and free the weights; calling submodules directly (rlft/lean.py, the backbone
+* the loss and the reference / old log-probs go through the root module's forward (`FSDP.logprobs`),
+  so FSDP's hooks gather and free the weights; calling submodules directly (rlft/backends/lean.py, the backbone
   alone) would see sharded weights, and `lean()` returns None while they are sharded;
 * sampling runs inside `gathered(model)`: every rank all-gathers every layer once, samples with the full
   weights and no collective at all (rows may finish at different steps on different ranks; transformers'
@@ -24,7 +24,11 @@ from contextlib import contextmanager
 
 import torch
 
-from .config import ConfigError
+from ..distributed import is_fsdp, is_sharded
+from ..errors import ConfigError
+from ..policy import TokenStats, pick_device, position_ids, token_logps
+from ..step import MicroBatch
+from .base import Causal
 
 
 def enabled(cfg) -> bool:
@@ -33,27 +37,8 @@ def enabled(cfg) -> bool:
     return cfg.train.parallel == "fsdp" and d.is_available() and d.is_initialized() and d.get_world_size() > 1
 
 
-def is_fsdp(module) -> bool:
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
-
-
-def is_sharded(t: torch.Tensor) -> bool:
-    """A DTensor: a shard of a parameter or gradient that FSDP holds (only the root forward may use it)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
-
-
 def compute_device(cfg) -> torch.device:
     """Where the sharded model computes (``model.device``); with ``fsdp_offload`` its shards live on the CPU."""
-    from .policy import pick_device
-
     return pick_device(cfg.model.device)
 
 
@@ -131,27 +116,6 @@ def lockstep(model, cfg):
     return any_live
 
 
-def completion_logp(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float,
-                    with_entropy: bool, with_hidden: bool, chunk_tokens: int, entropy_grad: bool):
-    """`policy.completion_logp` for an FSDP model: the root forward (so FSDP's hooks gather the weights), with
-    the logits of the T positions that predict the completion (``logits_to_keep=T+1`` keeps positions
-    P-1 .. P+T-1; the last predicts past the end). Those [N, T, V] logits exist in the model's dtype; the
-    log-softmax is float32 per chunk as in the unsharded path."""
-    from .policy import TokenStats, position_ids, token_logps
-
-    p = prompt_ids.shape[1]
-    n, t = completion_ids.shape
-    ids = torch.cat([prompt_ids, completion_ids], 1)                      # [N, P+T]
-    mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], 1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
-                logits_to_keep=t + 1, output_hidden_states=with_hidden)
-    flat = out.logits[:, :t].reshape(n * t, -1)                           # [N*T, V]
-    logp, entropy = token_logps(lambda a, b: flat[a:b], completion_ids, temperature=temperature,
-                                with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_tokens=chunk_tokens)
-    hidden = out.hidden_states[-1][:, p - 1:p - 1 + t] if with_hidden else None  # after the final norm: [N, T, H]
-    return TokenStats(logp, entropy, hidden)
-
-
 def clip_grad_norm(params, max_norm: float) -> float:
     """Clip the gradients to a total norm of ``max_norm`` (inf: no clipping); returns the norm before clipping.
 
@@ -195,3 +159,49 @@ def load_optimizer(model, opt, state: dict, extra: torch.nn.Module | None = None
     from torch.distributed.checkpoint import state_dict as dcp
 
     dcp.set_optimizer_state_dict(_owner(model, extra), opt, state, options=dcp.StateDictOptions(full_state_dict=True))
+
+
+class FSDP(Causal):
+    """A decoder-only model sharded with FSDP2 over the ranks (``train.parallel: fsdp``)."""
+
+    skip_zero_advantage = False  # every rank must run as many forward / backward passes
+
+    def __init__(self, model, tokenizer, eos_ids, cfg, *, engine: str = "rlft"):
+        super().__init__(model, tokenizer, eos_ids, engine=engine, device=compute_device(cfg))
+        self.cfg = cfg
+
+    def with_model(self, model) -> FSDP:
+        """The frozen reference, sharded like the policy."""
+        return super().with_model(shard(model.requires_grad_(False), self.cfg))
+
+    def lockstep(self):
+        return lockstep(self.model, self.cfg)
+
+    def gathered(self):
+        return gathered(self.model, self.cfg)
+
+    def logprobs(self, mb: MicroBatch, *, temperature: float = 1.0, with_entropy: bool = False,
+                 entropy_grad: bool = True, with_hidden: bool = False, chunk_tokens: int = 4096) -> TokenStats:
+        """The root forward (so FSDP's hooks gather the weights), with the logits of the T positions that predict
+        the completion (``logits_to_keep=T+1`` keeps positions P-1 .. P+T-1; the last predicts past the end). Those
+        [n, T, V] logits exist in the model's dtype; the log-softmax is float32 per chunk as elsewhere."""
+        mb = mb.unshared()
+        p, (n, t) = mb.prompt_ids.shape[1], mb.completion_ids.shape
+        ids = torch.cat([mb.prompt_ids, mb.completion_ids], 1)                      # [n, P+T]
+        mask = torch.cat([mb.prompt_mask, mb.completion_mask.to(mb.prompt_mask.dtype)], 1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
+                         logits_to_keep=t + 1, output_hidden_states=with_hidden)
+        flat = out.logits[:, :t].reshape(n * t, -1)                                 # [n*T, V]
+        logp, entropy = token_logps(lambda a, b: flat[a:b], mb.completion_ids, temperature=temperature,
+                                    with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_tokens=chunk_tokens)
+        hidden = out.hidden_states[-1][:, p - 1:p - 1 + t] if with_hidden else None  # after the final norm
+        return TokenStats(logp, entropy, hidden)
+
+    def clip_grad_norm(self, params, max_norm: float) -> float:
+        return clip_grad_norm(params, max_norm)
+
+    def checkpoint_state(self, opt, value_head=None):
+        return full_state(self.model, opt, value_head)
+
+    def load_optimizer(self, opt, state: dict, value_head=None) -> None:
+        load_optimizer(self.model, opt, state, value_head)
