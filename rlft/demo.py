@@ -14,6 +14,8 @@ import random
 import time
 from pathlib import Path
 
+from .config import Config
+
 SOURCE = ["dax", "wug", "fep", "blick", "zorp", "kiki", "mup", "tov", "grel", "snib", "yorp", "plon",
           "vask", "drim", "quel", "hoba", "nerf", "lisk", "trub", "wemb"]
 TARGET = ["red", "blue", "cat", "dog", "runs", "sleeps", "big", "small", "tree", "river", "green", "eats",
@@ -42,8 +44,6 @@ def make_task(out: Path, seed: int = 0, n_train: int = 2000, n_eval: int = 128) 
 
 
 def demo_config(out: Path, model_dir: Path, train: Path, evals: Path, seed: int):
-    from .config import Config
-
     return Config.from_dict({
         "model": {"path": str(model_dir)},
         "data": {"train": str(train), "eval": str(evals), "template": "{prompt}"},

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .store import Store
+
 
 def _rate_export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rlft rate export", description="Write the ratings in a feedback "
@@ -20,8 +22,6 @@ def _rate_export(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="the JSONL file to write ('-' for stdout)")
     p.add_argument("--include-skips", action="store_true", help="also write skips (kind: skip)")
     a = p.parse_args(argv)
-    from .store import Store
-
     with Store(a.db) as store:
         if a.out == "-":
             n = store.export(sys.stdout, include_skips=a.include_skips)
