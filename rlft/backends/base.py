@@ -14,6 +14,7 @@ shared prompts in the update), else through transformers' forward.
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import replace
 
 import torch
@@ -38,8 +39,8 @@ class Causal:
 
     def with_model(self, model) -> Causal:
         """The same way of running another model of the same architecture (the frozen reference policy)."""
-        other = type(self).__new__(type(self))
-        other.__dict__.update(self.__dict__, model=model)
+        other = copy.copy(self)
+        other.model = model
         return other
 
     # ----------------------------------------------------------------------------------------- sampling
