@@ -15,6 +15,7 @@ import torch
 
 from .config import Config
 from .distributed import Dist
+from .episodes import EpisodeStats, run_episodes, score_episodes
 from .errors import RunError
 from .policy import left_pad
 from .rewards import Reward, RewardResult
@@ -79,15 +80,17 @@ class _Kept:
     rewards: list
     valid: list
     metrics: list    # (rows scored, their reward metrics) per round
+    episodes: EpisodeStats | None = None  # multi-turn episodes (an environment): their counts over the rounds
     sample_seconds: float = 0.0
     dropped: int = 0
     rounds: int = 0
 
 
 def collect(backend, stream, rewards: list[Reward], cfg: Config, generator, step: int,
-            ctx: Dist | None = None) -> tuple[StepBatch, float, dict]:
-    """This rank's share of the B prompt groups, sampled and scored: (batch, sampling seconds, filter stats).
-    Every rank draws the same prompts from the stream and takes its own slice, so the streams never diverge."""
+            ctx: Dist | None = None, env=None) -> tuple[StepBatch, float, dict]:
+    """This rank's share of the B prompt groups, sampled and scored: (batch, sampling seconds, filter and episode
+    stats). Every rank draws the same prompts from the stream and takes its own slice, so the streams never
+    diverge. ``env``: the environment factory of multi-turn episodes (rlft/episodes.py), else one completion each."""
     r, a, ctx = cfg.rollout, cfg.algo, ctx or Dist()
     g = r.num_generations
     kept = _Kept([], [], [], [], [])
@@ -100,7 +103,7 @@ def collect(backend, stream, rewards: list[Reward], cfg: Config, generator, step
         first = sum(needs[:ctx.rank])
         examples = [e for e in drawn[first:first + need] for _ in range(g)]
         if examples:
-            need -= _round(backend, examples, rewards, cfg, generator, step, kept)
+            need -= _round(backend, examples, rewards, cfg, generator, step, kept, env)
         kept.rounds += 1  # a full rank waits while the others sample again
         if not a.filter_groups or kept.rounds > a.max_filter_rounds:
             break
@@ -111,20 +114,34 @@ def collect(backend, stream, rewards: list[Reward], cfg: Config, generator, step
     t = ro.completion_ids.shape[1]
     token_rewards = torch.cat([torch.nn.functional.pad(x, (0, t - x.shape[1])) for x in kept.rewards])
     stats = {"rollout/filtered_groups": kept.dropped, "rollout/filter_rounds": kept.rounds} if a.filter_groups else {}
+    if env is not None:  # counts over every rank's episodes (the metrics are then averaged over equal values)
+        stats.update((kept.episodes or EpisodeStats()).metrics(ctx.sum))
     batch = StepBatch(kept.examples, ro, token_rewards, torch.cat(kept.valid), _merge_metrics(kept.metrics))
     return batch, kept.sample_seconds, stats
 
 
-def _round(backend, examples: list[Example], rewards, cfg: Config, generator, step: int, kept: _Kept) -> int:
+def _round(backend, examples: list[Example], rewards, cfg: Config, generator, step: int, kept: _Kept,
+           env=None) -> int:
     """Sample and score ``examples`` once; keep the groups with signal (all of them without filter_groups).
     Returns how many groups were kept."""
-    a, g = cfg.algo, cfg.rollout.num_generations
     t0 = time.perf_counter()
+    if env is not None:  # multi-turn episodes; every episode counts, kept or not
+        ep = run_episodes(backend, examples, env, cfg, generator, step)
+        kept.sample_seconds += time.perf_counter() - t0 - ep.stats.seconds
+        kept.episodes = ep.stats if kept.episodes is None else kept.episodes.add(ep.stats)
+        ro, sc = ep.rollout, score_episodes(rewards, examples, ep, cfg, step)
+        return _keep(examples, ro, sc, cfg, kept)
     overlap = Overlap(examples, rewards, cfg, step, backend.tokenizer.pad_token_id) if cfg.rewards.overlap else None
     with overlap or contextlib.nullcontext():  # rewards.overlap: finished rows are scored while the rest decode
         ro = sample_examples(backend, examples, cfg, generator, on_done=overlap and overlap.done)
         kept.sample_seconds += time.perf_counter() - t0
         sc = score(rewards, examples, ro, cfg, step, result=overlap.finish(ro) if overlap else None)
+    return _keep(examples, ro, sc, cfg, kept)
+
+
+def _keep(examples: list[Example], ro: Rollout, sc, cfg: Config, kept: _Kept) -> int:
+    """Keep a round's groups with signal (all of them without filter_groups); how many were kept."""
+    a, g = cfg.algo, cfg.rollout.num_generations
     kept.metrics.append((len(examples), sc.result.metrics()))
     keep = list(range(len(examples)))
     if a.filter_groups and kept.rounds < a.max_filter_rounds:
@@ -153,8 +170,12 @@ def _merge_metrics(parts: list[tuple[int, dict]]) -> dict:
     return merged
 
 
-def greedy_baseline(backend, examples: list[Example], rewards, cfg: Config, step: int) -> torch.Tensor:
-    """ReMax: the summed reward of each prompt's greedy completion, [B]."""
-    ro = sample_examples(backend, examples, cfg, greedy=True)
-    sc = score(rewards, examples, ro, cfg, step)
+def greedy_baseline(backend, examples: list[Example], rewards, cfg: Config, step: int, env=None) -> torch.Tensor:
+    """ReMax: the summed reward of each prompt's greedy completion (greedy episode with ``env``), [B]."""
+    if env is not None:
+        ep = run_episodes(backend, examples, env, cfg, None, step, greedy=True)
+        ro, sc = ep.rollout, score_episodes(rewards, examples, ep, cfg, step)
+    else:
+        ro = sample_examples(backend, examples, cfg, greedy=True)
+        sc = score(rewards, examples, ro, cfg, step)
     return (sc.token_rewards * ro.completion_mask).sum(-1) * sc.valid

@@ -107,6 +107,11 @@ class RolloutConfig:
     engine: str = opt("rlft", "rlft (own KV-cached loop), hf (transformers.generate), or vllm (a vLLM engine in the "
                       "training process that receives the policy's weights after each update; GPU only, the `vllm` "
                       "extra; docs/scaling.md).", ("rlft", "hf", "vllm"))
+    decode: str = opt("auto", "engine rlft, models lean covers (Llama family, Qwen2/3, Mistral, GPT-2): auto (graph on "
+                      "a CUDA GPU, eager elsewhere), eager (the KV cache read up to the current length; finished rows "
+                      "leave the batch), or graph (one fixed-shape step over the whole preallocated cache, recorded "
+                      "as CUDA graphs on a GPU; on a CPU the same step runs uncaptured). docs/gpu.md.",
+                      ("auto", "eager", "graph"))
     tis_cap: float = opt(2.0, "engine vllm: truncated importance sampling, the cap C on each token's weight "
                          "min(exp(trainer logp - vLLM logp), C) in the policy-gradient loss (rlft/loss.py); 0 = off.")
     vllm_gpu_memory_utilization: float = opt(0.3, "engine vllm: the fraction of GPU memory vLLM takes (weights and "
@@ -225,6 +230,19 @@ class LogConfig:
 
 
 @dataclass
+class EnvConfig:
+    cls: str = opt("", "A multi-turn environment (Gymnasium's reset/step contract, docs/environments.md): a "
+                   "registered name, 'package.module:Class' or 'path/to/file.py:Class'; empty = one completion per "
+                   "prompt. One instance per episode; rewards, if any, score the episode's last model turn.")
+    args: dict = opt({}, "Keyword arguments for the environment's constructor.")
+    max_turns: int = opt(8, "Most model turns per episode; an episode still running after them is truncated "
+                         "(counted in rollout/truncated_episodes).")
+    max_tokens: int = opt(1024, "Most tokens per episode after its first observation, the model's and the "
+                          "environment's together; an episode that reaches it is truncated (counted). Each model "
+                          "turn is also at most rollout.max_new_tokens.")
+
+
+@dataclass
 class Config:
     task: str = opt("", "A task preset (translation, summarization, dialogue, creative_writing, code_completion, "
                     "bug_fixing, style_conversion): its settings sit under this config, every key overridable "
@@ -238,6 +256,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
 
     @staticmethod
     def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -324,6 +343,12 @@ class Config:
                               f"train.parallel=ddp")
         if self.data.eval_fraction and not 0 < self.data.eval_fraction < 1:
             raise ConfigError(f"data.eval_fraction must be in (0, 1) (got {self.data.eval_fraction})")
+        e = self.env
+        if e.max_turns < 1 or e.max_tokens < 1:
+            raise ConfigError(f"env.max_turns and env.max_tokens must be >= 1 (got {e.max_turns}, {e.max_tokens})")
+        if e.cls and self.train.fsdp_sampling == "sharded":  # episodes take as many turns as they need, per rank
+            raise ConfigError("env.cls (multi-turn episodes) does not support train.fsdp_sampling=sharded (every rank "
+                              "would have to decode in lockstep); use train.fsdp_sampling=gathered")
         if self.rewards.overlap and r.engine != "rlft":
             raise ConfigError(f"rewards.overlap needs rlft's own sampler (rollout.engine=rlft, got {r.engine!r}): only "
                               f"it reports rows as they finish")
@@ -496,6 +521,8 @@ APPLIES: tuple[Applies, ...] = (
             lambda c: f"algo.num_iterations={c.algo.num_iterations}, algo.mini_batches={c.algo.mini_batches}",
             "raise algo.num_iterations or algo.mini_batches"),
     _vllm(("rollout.tis_cap", "rollout.vllm_gpu_memory_utilization", "rollout.vllm_sleep")),
+    Applies(("rollout.decode",), lambda c: c.rollout.engine == "rlft", "with rollout.engine=rlft (its own decode "
+            "loop)", lambda c: f"rollout.engine={c.rollout.engine}", "set rollout.engine=rlft"),
     Applies(("train.fsdp_offload", "train.fsdp_sampling"), lambda c: c.train.parallel == "fsdp",
             "with train.parallel=fsdp", lambda c: f"train.parallel={c.train.parallel}", "set train.parallel=fsdp"),
     Applies(("model.forced_bos_token",), lambda c: c.model.kind != "causal",
@@ -515,6 +542,10 @@ APPLIES: tuple[Applies, ...] = (
             "with an eval split (data.eval or data.eval_fraction > 0)",
             lambda c: "no data.eval and data.eval_fraction=0",
             "set data.eval or data.eval_fraction"),
+    # env.args / env.max_turns / env.max_tokens are not here: the environment may come from Python
+    # (train(cfg, env=...)), which the config cannot see; build_run rejects them when there is no environment.
+    Applies(("rewards.overlap",), lambda c: not c.env.cls, "to single-turn sampling (no env.cls): an episode's "
+            "rewards are scored once it has ended", lambda c: f"env.cls={c.env.cls}", "remove env.cls"),
     Applies(("log.num_samples",), lambda c: c.log.samples_every > 0, "with log.samples_every > 0",
             lambda c: "log.samples_every=0", "set log.samples_every > 0"),
 )

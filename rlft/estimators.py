@@ -17,12 +17,17 @@ EPS = 1e-6
 
 
 def discounted_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """R_t = sum_{k>=t} gamma^(k-t) r_k over the valid tokens. [N, T] -> [N, T] (0 on padding)."""
+    """R_t = sum_{k>=t} gamma^(k-t) r_k over the valid tokens. [N, T] -> [N, T] (0 on padding).
+
+    Only positions in ``mask`` are time steps: the running return passes a mask-0 position unchanged (no reward,
+    no discount). Padding sits at the end, where the return is still 0; a multi-turn episode's environment tokens
+    (mask 0 between the model's turns) are not steps of the model."""
     r = token_rewards * mask
     out = torch.zeros_like(r)
     running = torch.zeros_like(r[:, 0])
+    step = mask.bool()
     for t in range(r.shape[1] - 1, -1, -1):
-        running = r[:, t] + gamma * running
+        running = torch.where(step[:, t], r[:, t] + gamma * running, running)
         out[:, t] = running
     return out * mask
 

@@ -25,15 +25,19 @@ from . import backends, tasks
 from .collect import sample_examples
 from .config import Config
 from .data import check_rows, read_rows
+from .episodes import EVAL_STEP, run_episodes, score_episodes
 from .errors import ConfigError, DataError
 from .rewards import Reward
 from .step import Example, build_rewards, make_examples, rollout_ids, run_rewards
 
 
-def evaluate_greedy(backend, examples: list[Example], rewards: list[Reward], cfg: Config) -> dict:
+def evaluate_greedy(backend, examples: list[Example], rewards: list[Reward], cfg: Config, env=None) -> dict:
     """Greedy completions of the eval prompts, scored by every reward: {eval/reward/mean: the total,
     eval/<name>: each reward's mean over the samples it applies to (NaN when none), eval/len_mean}, and up to 8
-    samples under ``_samples``."""
+    samples under ``_samples``. With ``env`` (an environment factory): greedy episodes, the same environments
+    (seeds) at every evaluation; the total adds their turn rewards."""
+    if env is not None:
+        return _greedy_episodes(backend, examples, rewards, cfg, env)
     chunk = max(1, cfg.rollout.batch_prompts * cfg.rollout.num_generations)
     totals: dict[str, list] = {"eval/reward/mean": [], **{f"eval/{r.name}": [] for r in rewards}, "eval/len_mean": []}
     samples = []
@@ -47,6 +51,31 @@ def evaluate_greedy(backend, examples: list[Example], rewards: list[Reward], cfg
             totals[f"eval/{name}"] += vals
         totals["eval/len_mean"] += [float(x) for x in ro.lengths]
         samples += [{"prompt": e.text, "completion": c} for e, c in zip(part, ro.completions)]
+    out = {k: _mean(v) for k, v in totals.items()}
+    out["_samples"] = samples[:8]
+    return out
+
+
+def _greedy_episodes(backend, examples: list[Example], rewards: list[Reward], cfg: Config, env) -> dict:
+    """`evaluate_greedy` over multi-turn episodes: also eval/turns_mean; samples hold the conversations."""
+    chunk = max(1, cfg.rollout.batch_prompts * cfg.rollout.num_generations)
+    totals: dict[str, list] = {"eval/reward/mean": [], **{f"eval/{r.name}": [] for r in rewards}, "eval/len_mean": [],
+                               "eval/turns_mean": []}
+    samples = []
+    drop = replace(cfg, rewards=replace(cfg.rewards, on_error="drop"))  # a failing episode is left out, counted
+    for s in range(0, len(examples), chunk):
+        part = examples[s:s + chunk]
+        ep = run_episodes(backend, part, env, drop, None, EVAL_STEP, greedy=True,
+                          source=cfg.data.eval or cfg.data.train)
+        sc = score_episodes(rewards, part, ep, drop, EVAL_STEP, on_error="drop", group_size=1, normalize="none")
+        ro = ep.rollout
+        total = (sc.token_rewards * ro.completion_mask).sum(-1).tolist()
+        totals["eval/reward/mean"] += [t if ok else None for t, ok in zip(total, sc.valid.tolist())]
+        for name, vals in sc.result.components.items():
+            totals[f"eval/{name}"] += vals
+        totals["eval/len_mean"] += [float(x) for x in ro.actions.sum(-1)]
+        totals["eval/turns_mean"] += [float(sum(m["role"] == "assistant" for m in t)) for t in ro.turns]
+        samples += [{"prompt": e.text, "completion": c, "turns": t} for e, c, t in zip(part, ro.completions, ro.turns)]
     out = {k: _mean(v) for k, v in totals.items()}
     out["_samples"] = samples[:8]
     return out

@@ -76,7 +76,9 @@ class RunLogger:
 
     def samples(self, step: int, batch) -> None:
         """One sample per prompt group (up to log.num_samples) to samples.jsonl and a console table; each with its
-        completion's tokens and their advantages (what the update pushes up or down)."""
+        completion's tokens and their advantages (what the update pushes up or down). Multi-turn episodes add
+        ``turns`` (the conversation as chat messages; the console shows it with each turn's role) and ``actions``
+        (1 on the model's tokens, 0 on the environment's)."""
         ro = batch.rollout
         seq = (batch.token_rewards * ro.completion_mask).sum(-1).tolist()
         g = self.cfg.rollout.num_generations
@@ -87,9 +89,13 @@ class RunLogger:
         for i in range(0, min(len(seq), self.cfg.log.num_samples * g), g):  # one per prompt group
             row = {"step": step, "prompt": batch.examples[i].text, "completion": ro.completions[i],
                    "reward": seq[i], "finish": ro.finish[i], **self._tokens(batch, i)}
+            shown = row["completion"][:300]
+            if ro.turns is not None:
+                row["turns"] = ro.turns[i]
+                shown = "\n".join(f"{m['role']}> {m['content'][:200]}" for m in ro.turns[i])
             self._append("samples.jsonl", row)
             rows.append(row)
-            table.add_row(row["prompt"][-200:], row["completion"][:300], f"{seq[i]:+.3f}", ro.finish[i])
+            table.add_row(row["prompt"][-200:], shown, f"{seq[i]:+.3f}", ro.finish[i])
         self.console.print(table)
         if self.trackers:
             self.trackers.samples(step, rows)
@@ -100,8 +106,11 @@ class RunLogger:
             return {}
         n = int(batch.rollout.lengths[i])
         ids = batch.rollout.completion_ids[i, :n].tolist()
-        return {"tokens": [self.tokenizer.decode([t]) for t in ids],
-                "advantages": [round(float(x), 6) for x in batch.advantages[i, :n]]}
+        out = {"tokens": [self.tokenizer.decode([t]) for t in ids],
+               "advantages": [round(float(x), 6) for x in batch.advantages[i, :n]]}
+        if batch.rollout.action_mask is not None:
+            out["actions"] = batch.rollout.action_mask[i, :n].tolist()
+        return out
 
     def eval(self, step: int, metrics: dict) -> None:
         metrics = dict(metrics)

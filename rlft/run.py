@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from . import backends, checkpoint, distributed
+from . import env as envs
 from .backends import AdaptersOff, fsdp
-from .config import Config
+from .config import Config, EnvConfig
 from .data import PromptStream, columns_of, load_splits
 from .errors import ConfigError, RunError
 from .log import NullLogger, RunLogger
@@ -43,6 +44,7 @@ class Run:
     generator: torch.Generator        # the sampler's random stream (one per rank)
     start: int = 0                    # the last step done (a resumed run goes on after it)
     est_state: dict = field(default_factory=dict)  # the estimator's running state (the ema baseline)
+    env: Callable | None = None       # multi-turn episodes: makes one environment per episode (env.cls, env=)
 
     def save(self, step: int) -> None:
         """Write ``checkpoint-{step}`` (every rank takes part: RNG streams, FSDP shards; rank 0 writes)."""
@@ -65,8 +67,10 @@ class Run:
 
 
 def build_run(cfg: Config, extra_rewards: list[Callable] | None = None, *, resume: bool = False,
-              overwrite: bool = False) -> Run:
-    """Everything a run needs, from the config (under torchrun on every rank; rank 0 owns the run folder)."""
+              overwrite: bool = False, env: Callable | None = None) -> Run:
+    """Everything a run needs, from the config (under torchrun on every rank; rank 0 owns the run folder).
+    ``env``: an environment class or factory given in Python (else ``env.cls``, if set)."""
+    factory = env_factory(cfg, env)
     ctx = distributed.setup()
     check_world(cfg, ctx)
     if cfg.rollout.engine == "vllm":  # fail before any model is loaded
@@ -77,15 +81,36 @@ def build_run(cfg: Config, extra_rewards: list[Callable] | None = None, *, resum
         prepare_out(cfg, resume, overwrite)
     ctx.barrier()
     with _removed_on_failure(out, fresh):
-        return _build(cfg, ctx, out, extra_rewards, resume)
+        return _build(cfg, ctx, out, extra_rewards, resume, factory)
 
 
-def _build(cfg: Config, ctx, out: Path, extra_rewards, resume: bool) -> Run:
+def env_factory(cfg: Config, env: Callable | None):
+    """The environment factory (``env=`` or ``env.cls``), or None for single-turn sampling; the env keys and
+    rewards.overlap checked against it (the config alone cannot: the environment may come from Python)."""
+    e = cfg.env
+    if env is not None and e.cls:
+        raise ConfigError(f"an environment was given twice: env.cls={e.cls} and train(..., env={envs.name_of(env)}); "
+                          f"remove one")
+    if env is None and not e.cls:
+        idle = [f"env.{k}" for k, v in vars(e).items() if k != "cls" and v != getattr(EnvConfig(), k)]
+        if idle:
+            raise ConfigError(f"{', '.join(idle)} set, but there is no environment: set env.cls (or pass env= to "
+                              f"train) or remove {'them' if len(idle) > 1 else 'it'}")
+        return None
+    if cfg.rewards.overlap:
+        raise ConfigError("rewards.overlap applies only to single-turn sampling: an episode's rewards are scored "
+                          "once it has ended; remove it or the environment")
+    return envs.resolve(env if env is not None else e.cls)
+
+
+def _build(cfg: Config, ctx, out: Path, extra_rewards, resume: bool, factory=None) -> Run:
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
-    rewards = build_rewards(cfg, extra_rewards)
+    # with an environment its turn rewards may be all there is
+    rewards = [] if factory is not None and not cfg.rewards.components and not extra_rewards else \
+        build_rewards(cfg, extra_rewards)
     train_rows, eval_rows, counts = load_splits(cfg.data, cfg.train.seed, needs_reference=cfg.sft.steps > 0)
-    _check_reward_columns(cfg, rewards, train_rows)
+    _check_reward_columns(cfg, rewards, train_rows, {"conversation"} if factory is not None else set())
     ckpt = checkpoint.latest(out) if resume else None
     model, tok = _load(cfg, out, ckpt)
     if ctx.is_main:
@@ -94,6 +119,9 @@ def _build(cfg: Config, ctx, out: Path, extra_rewards, resume: bool) -> Run:
     else:
         logger = NullLogger()
     seq2seq = model.config.is_encoder_decoder
+    if seq2seq and factory is not None:
+        raise ConfigError(f"env.cls (multi-turn episodes) needs a decoder-only model: {cfg.model.path} is an "
+                          f"encoder-decoder, whose prompt cannot grow turn by turn")
     train_ex = make_examples(cfg, tok, train_rows, cfg.data.train, counts, encoder=seq2seq)
     eval_ex = make_examples(cfg, tok, eval_rows, cfg.data.eval or cfg.data.train, counts,
                             encoder=seq2seq)[:cfg.train.eval_max_prompts]
@@ -110,14 +138,19 @@ def _build(cfg: Config, ctx, out: Path, extra_rewards, resume: bool) -> Run:
         AdaptersOff(backend) if ref_model is AdaptersOff else backend.with_model(ref_model)
     run = Run(cfg, ctx, out, backend, reference, _optimizer(cfg, backend), rewards,
               PromptStream(train_ex, cfg.train.seed, cfg.data.shuffle), eval_ex, logger,
-              torch.Generator(backend.device).manual_seed(cfg.train.seed + 1_000_003 * ctx.rank))  # a stream per rank
+              torch.Generator(backend.device).manual_seed(cfg.train.seed + 1_000_003 * ctx.rank),  # a stream per rank
+              env=factory)
     if ckpt is not None:
         _restore(run, ckpt)
     logger.start(run.start, len(train_ex), len(eval_ex), counts)
     n_config = len(cfg.rewards.components)
     logger.note("rewards, summed with their weights: " + ", ".join(
         f"{r.name} x {r.weight:g} ({'config' if i < n_config else 'rewards= argument'})"
-        for i, r in enumerate(rewards)))
+        for i, r in enumerate(rewards)) + ("" if rewards or factory is None else "none (the environment's turn "
+                                                                              "rewards only)"))
+    if factory is not None:
+        logger.note(f"environment {envs.name_of(factory)}: one per episode, at most {cfg.env.max_turns} model turns "
+                    f"and {cfg.env.max_tokens} tokens each")
     return run
 
 
@@ -162,8 +195,8 @@ def _removed_on_failure(out: Path, enabled: bool):
         raise
 
 
-def _check_reward_columns(cfg: Config, rewards: list[Reward], rows) -> None:
-    available = set(columns_of(rows))
+def _check_reward_columns(cfg: Config, rewards: list[Reward], rows, extra: set) -> None:
+    available = set(columns_of(rows)) | extra
     if cfg.data.reference_column in available:
         available.add("reference")
     try:
@@ -223,7 +256,10 @@ def _optimizer(cfg: Config, backend) -> Optim:
     model = backend.model
     head = ValueHead(model.config.hidden_size).to(backend.device) if a.estimator == "value" else None
     params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
-    opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    # on a GPU one fused kernel per step instead of a dozen per parameter group (CPU: the plain loop, bit for bit)
+    fused = bool(params) and all(p.is_cuda and not distributed.is_sharded(p) for p in params)
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
+                            **({"fused": True} if fused else {}))
     sched = make_scheduler(opt, o.warmup_steps, cfg.train.steps * a.num_iterations * a.mini_batches, o.schedule)
     return Optim(opt, sched, params, head)
 

@@ -32,10 +32,19 @@ class Rollout:
     logp: torch.Tensor             # [N, T] sampling log-probs (temperature applied, before top-k/top-p)
     finish: list[str]              # [N] eos | stop | length
     completions: list[str]         # [N] decoded text the rewards see (special tokens and stop string removed)
+    # multi-turn episodes (rlft/episodes.py): the completion holds the model's turns and the environment's replies;
+    # action_mask [N, T] is 1 on the model's tokens only (None: every completion token is the model's), and turns
+    # [N] holds each conversation as chat messages [{role, content}] (None: single-turn)
+    action_mask: torch.Tensor | None = None
+    turns: list | None = None
 
     @property
     def lengths(self) -> torch.Tensor:  # [N]
         return self.completion_mask.sum(-1)
+
+    @property
+    def actions(self) -> torch.Tensor:  # [N, T] the model's own tokens: what is trained and counts as time steps
+        return self.completion_mask if self.action_mask is None else self.action_mask
 
     def select(self, idx: list[int]) -> Rollout:
         """The rows in ``idx`` (replace, don't mutate)."""
@@ -43,7 +52,9 @@ class Rollout:
         return replace(self, prompt_ids=self.prompt_ids[ix], prompt_mask=self.prompt_mask[ix],
                        completion_ids=self.completion_ids[ix], completion_mask=self.completion_mask[ix],
                        logp=self.logp[ix], finish=[self.finish[i] for i in idx],
-                       completions=[self.completions[i] for i in idx])
+                       completions=[self.completions[i] for i in idx],
+                       action_mask=None if self.action_mask is None else self.action_mask[ix],
+                       turns=None if self.turns is None else [self.turns[i] for i in idx])
 
     @staticmethod
     def concat(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -64,7 +75,11 @@ class Rollout:
                        torch.cat([right(x.completion_ids, pad_id) for x in parts]),
                        torch.cat([right(x.completion_mask, 0) for x in parts]),
                        torch.cat([right(x.logp, 0.0) for x in parts]),
-                       sum((x.finish for x in parts), []), sum((x.completions for x in parts), []))
+                       sum((x.finish for x in parts), []), sum((x.completions for x in parts), []),
+                       None if all(x.action_mask is None for x in parts) else
+                       torch.cat([right(x.actions, 0) for x in parts]),
+                       None if all(x.turns is None for x in parts) else
+                       sum((x.turns or [None] * len(x.finish) for x in parts), []))
 
 
 @dataclass(frozen=True)

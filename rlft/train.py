@@ -29,13 +29,14 @@ from .step import StepBatch
 from .update import logprobs_of, update, values_of
 
 
-def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = False,
+def train(cfg: Config, rewards: list[Callable] | None = None, *, env: Callable | None = None, resume: bool = False,
           overwrite: bool = False) -> Path:
     """Run policy-gradient training as configured; returns the run folder. ``rewards``: Python callables scored
-    in addition to the config's ``rewards`` (their weighted sum is the reward).
+    in addition to the config's ``rewards`` (their weighted sum is the reward). ``env``: an environment class or
+    factory for multi-turn episodes (instead of ``env.cls``; docs/environments.md), one instance per episode.
 
     Under torchrun every rank runs this function; rank 0 writes the run folder."""
-    run = build_run(cfg, rewards, resume=resume, overwrite=overwrite)
+    run = build_run(cfg, rewards, resume=resume, overwrite=overwrite, env=env)
     if run.start == 0:
         evaluate(run, 0)
     for step in range(run.start + 1, cfg.train.steps + 1):
@@ -43,7 +44,7 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
         # 1-3. prompts, rollout, rewards (filter_groups samples again for groups with no signal)
         with run.backend.gathered():  # FSDP: full weights for sampling (rlft/backends/fsdp.py)
             batch, sample_s, filter_stats = collect(run.backend, run.stream, run.rewards, cfg, run.generator, step,
-                                                    run.ctx)
+                                                    run.ctx, run.env)
         run.backend.before_update()  # with rollout.vllm_sleep: vLLM's GPU memory is free during the update
         times["collected"] = time.perf_counter()
         # 4. the loss mask, reference log-probs (only when the KL is on), the KL in the reward (kl_in: reward)
@@ -71,16 +72,17 @@ def train(cfg: Config, rewards: list[Callable] | None = None, *, resume: bool = 
 
 
 def with_reference(run: Run, batch: StepBatch) -> StepBatch:
-    """The tokens the loss trains (valid samples; not truncated ones with algo.mask_truncated), the reference
-    log-probs when kl_coef > 0, and the rewards the estimator sees (minus kl_coef * k1 with kl_in: reward)."""
+    """The tokens the loss trains (the model's own tokens of valid samples -- never an environment's reply; not
+    truncated ones with algo.mask_truncated), the reference log-probs when kl_coef > 0, and the rewards the
+    estimator sees (minus kl_coef * k1 with kl_in: reward)."""
     a, ro = run.cfg.algo, batch.rollout
-    loss_mask = ro.completion_mask * batch.valid[:, None]                                  # [N, T]
+    loss_mask = ro.actions * batch.valid[:, None]                                          # [N, T]
     if a.mask_truncated:
         loss_mask = loss_mask * torch.tensor([f != "length" for f in ro.finish], device=ro.logp.device)[:, None]
     ref_logp = None if run.reference is None else logprobs_of(run.reference, ro, run.cfg)
     kl_rewards = batch.token_rewards
     if ref_logp is not None and a.kl_in == "reward":
-        kl_rewards = kl_rewards - a.kl_coef * (ro.logp - ref_logp) * ro.completion_mask
+        kl_rewards = kl_rewards - a.kl_coef * (ro.logp - ref_logp) * ro.actions
     return replace(batch, loss_mask=loss_mask, ref_logp=ref_logp, kl_rewards=kl_rewards)
 
 
@@ -93,11 +95,11 @@ def with_advantages(run: Run, batch: StepBatch, step: int) -> StepBatch:
         values = values_of(run.backend, run.optim.value_head, ro, cfg)
     if a.estimator == "remax":
         with run.backend.gathered():
-            greedy_rewards = greedy_baseline(run.backend, batch.examples[::g], run.rewards, cfg, step)
+            greedy_rewards = greedy_baseline(run.backend, batch.examples[::g], run.rewards, cfg, step, run.env)
     all_rewards, mine = ctx.gather_rows(batch.kl_rewards)
     gathered = [None if x is None else ctx.gather_rows(x)[0] for x in (values, greedy_rewards)]
     adv = estimators.advantages(a.estimator, estimators.Inputs(
-        all_rewards, ctx.gather_rows(ro.completion_mask)[0], g, a.gamma, *gathered, run.est_state),
+        all_rewards, ctx.gather_rows(ro.actions)[0], g, a.gamma, *gathered, run.est_state),
         baseline=a.baseline, ema_decay=a.ema_decay, scale=a.scale, group_baseline=a.group_baseline)
     return replace(batch, advantages=adv[mine, :ro.completion_mask.shape[1]])
 
@@ -109,7 +111,7 @@ def step_metrics(run: Run, batch: StepBatch, upd: dict, filter_stats: dict, samp
     valid_all = ctx.gather_rows(batch.valid)[0]
     seq_r = seq_all[valid_all] if valid_all.any() else torch.zeros(1)
     zero_adv = (batch.advantages.abs() * ro.completion_mask).sum(-1) == 0
-    n_tok = int(ro.completion_mask.sum())
+    n_tok = int(ro.actions.sum())  # sampled tokens (an environment's replies are not)
     t = times
     return {
         "reward/mean": float(seq_r.mean()), "reward/std": float(seq_r.std()) if seq_r.numel() > 1 else 0.0,
@@ -135,6 +137,6 @@ def evaluate(run: Run, step: int) -> None:
         return
     with run.backend.gathered():
         if run.ctx.is_main or run.backend.lockstep() is not None:
-            res = evaluate_greedy(run.backend, run.eval_examples, run.rewards, run.cfg)
+            res = evaluate_greedy(run.backend, run.eval_examples, run.rewards, run.cfg, run.env)
             if run.ctx.is_main:
                 run.logger.eval(step, res)

@@ -6,6 +6,7 @@ micro-batch 1 x accumulation 8 == 8 x 1 and 2 processes == 1.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +95,7 @@ def update(backend, optim: Optim, batch: StepBatch, cfg: Config, ctx: Dist | Non
         backend.model.eval()
         old_logp = logprobs_of(backend, ro, cfg)
     backend.model.train()
-    returns = estimators.discounted_returns(batch.kl_rewards, ro.completion_mask, a.gamma) \
+    returns = estimators.discounted_returns(batch.kl_rewards, ro.actions, a.gamma) \
         if optim.value_head is not None else None
     # A sample whose advantage is 0 at every token adds exactly 0 to the gradient when nothing else is in the loss
     # (no KL or entropy term, no value head): it stays in the counts that normalise the loss but is not run.
@@ -103,17 +104,49 @@ def update(backend, optim: Optim, batch: StepBatch, cfg: Config, ctx: Dist | Non
     run = _Pass(backend, optim, batch, cfg, old_logp, returns, cfg.rollout.engine == "vllm" and
                 cfg.rollout.tis_cap > 0, skip)
     signal = ((batch.advantages * batch.loss_mask) != 0).any(-1).tolist() if skip else None
-    sums: dict[str, float] = {}
+    sums: dict = {}  # statistic -> its sum over micro-batches, on the device (read once, in `_summary`)
     grad_norms = []
     per_mb = n // a.mini_batches
+    clock = Clock(backend.device)
     for _ in range(a.num_iterations):
         for m in range(a.mini_batches):
             idx = list(range(m * per_mb, (m + 1) * per_mb))
-            grad_norms.append(_optimizer_step(run, idx, signal, sums, ctx))
-    return _summary(run, sums, grad_norms, ctx)
+            grad_norms.append(_optimizer_step(run, idx, signal, sums, ctx, clock))
+    return {**_summary(run, sums, grad_norms, ctx), "perf/optimizer_seconds": clock.seconds()}
 
 
-def _optimizer_step(run: _Pass, idx: list[int], signal, sums: dict, ctx: Dist) -> float:
+class Clock:
+    """Seconds spent in spans of the update (the optimizer steps) without a host sync of its own: CUDA events on
+    a GPU (the kernels' time, read once at the end), the wall clock elsewhere."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.spans: list = []  # (start, end) events, or seconds
+        self.t0 = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self.t0 = torch.cuda.Event(enable_timing=True)
+            self.t0.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.spans.append((self.t0, end))
+        else:
+            self.spans.append(time.perf_counter() - self.t0)
+
+    def seconds(self) -> float:
+        if self.cuda:
+            torch.cuda.current_stream().synchronize()
+            return sum(a.elapsed_time(b) for a, b in self.spans) / 1000
+        return float(sum(self.spans))
+
+
+def _optimizer_step(run: _Pass, idx: list[int], signal, sums: dict, ctx: Dist, clock: Clock) -> float:
     """One optimizer step over the mini-batch ``idx``, accumulated over micro-batches; returns the gradient norm."""
     cfg, b, optim = run.cfg, run.batch, run.optim
     r, o = cfg.rollout, cfg.optim
@@ -128,8 +161,9 @@ def _optimizer_step(run: _Pass, idx: list[int], signal, sums: dict, ctx: Dist) -
     for s in range(0, len(idx), o.micro_batch_size):
         loss, stats = _micro_loss(run, MicroBatch.of(b.rollout, idx[s:s + o.micro_batch_size], g), norm, seen)
         loss.backward()
-        for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+        for k, v in stats.items():  # float64 on the device: the same sums as adding Python floats, no sync
+            sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else float(v))
+    clock.start()
     if run.skip and (not idx or ctx.on):  # a rank with no signal still takes part: zero gradients, as if run
         for p in optim.params:
             if p.grad is None:
@@ -139,6 +173,7 @@ def _optimizer_step(run: _Pass, idx: list[int], signal, sums: dict, ctx: Dist) -
     optim.opt.step()
     optim.sched.step()
     optim.opt.zero_grad(set_to_none=True)
+    clock.stop()
     return norm_before
 
 
@@ -165,19 +200,27 @@ def _micro_loss(run: _Pass, mb: MicroBatch, norm: Norm, seen: Norm):
     return loss, stats
 
 
+def _host(sums: dict) -> dict[str, float]:
+    """The accumulated statistics as Python floats, in one device-to-host copy."""
+    held = [k for k, v in sums.items() if isinstance(v, torch.Tensor)]
+    got = torch.stack([sums[k].reshape(()) for k in held]).tolist() if held else []
+    return {**{k: float(v) for k, v in sums.items() if k not in held}, **dict(zip(held, got))}
+
+
 def _summary(run: _Pass, sums: dict, grad_norms: list[float], ctx: Dist) -> dict:
     """The update's metrics: losses averaged over optimizer steps, summed over ranks."""
     a, ro, ref_logp = run.cfg.algo, run.batch.rollout, run.batch.ref_logp
     k = a.num_iterations * a.mini_batches
     # every rank sums the same keys (a rank that skipped every sample has none), or the all-reduces would pair up
+    sums = _host(sums)
     keys = sorted(set().union(*ctx.gather_objects(sorted(sums)))) if ctx.on else sorted(sums)
     sums = {key: ctx.sum(sums.get(key, 0.0)) for key in keys}
     out = {"loss/pg": sums.get("pg", 0.0) / k, "loss/kl": sums.get("kl", 0.0) / k,
            "loss/entropy": sums.get("entropy", 0.0) / k, "clip_frac": sums.get("clip_frac", 0.0) / k,
            "grad_norm": sum(grad_norms) / len(grad_norms)}
     if ref_logp is not None:
-        kl_tok = kl_penalty(ro.logp, ref_logp, a.kl_estimator) * ro.completion_mask
-        out["kl/mean"] = float(kl_tok.sum() / ro.completion_mask.sum().clamp(min=1))
+        kl_tok = kl_penalty(ro.logp, ref_logp, a.kl_estimator) * ro.actions  # the model's tokens
+        out["kl/mean"] = float(kl_tok.sum() / ro.actions.sum().clamp(min=1))
     else:
         out["kl/mean"] = 0.0
     if run.optim.value_head is not None:
