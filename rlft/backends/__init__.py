@@ -48,7 +48,7 @@ def build(cfg: Config, model, tokenizer, world: int = 1):
         return FSDP(fsdp.shard(model, cfg), tokenizer, eos, cfg, engine=engine)
     if engine == "vllm":
         return VLLM(model, tokenizer, eos, cfg, world)
-    return Causal(model, tokenizer, eos, engine=engine)
+    return Causal(model, tokenizer, eos, engine=engine, decode=cfg.rollout.decode)
 
 
 def plain(model, tokenizer):

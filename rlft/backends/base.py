@@ -33,8 +33,10 @@ class Causal:
     seq2seq = False
     skip_zero_advantage = True  # the update may leave out samples that add exactly 0 (not under FSDP)
 
-    def __init__(self, model, tokenizer, eos_ids: list[int], *, engine: str = "rlft", device=None):
+    def __init__(self, model, tokenizer, eos_ids: list[int], *, engine: str = "rlft", device=None,
+                 decode: str = "auto"):
         self.model, self.tokenizer, self.eos_ids, self.engine = model, tokenizer, list(eos_ids), engine
+        self.decode = decode  # rollout.decode: auto, eager or graph (`decoder`)
         self.device = device if device is not None else next(model.parameters()).device
 
     def with_model(self, model) -> Causal:
@@ -64,11 +66,14 @@ class Causal:
 
     def decoder(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int):
         """A prefilled `rlft.sampling.Decoder`: lean's (own forward, preallocated KV cache) where it covers the
-        model, else transformers' forward and cache."""
+        model, else transformers' forward and cache. ``decode`` (rollout.decode) chooses lean's kind: the
+        fixed-shape step recorded as CUDA graphs (graph; auto on a CUDA device), else the eager one."""
         pos = position_ids(mask)
         fast = lean(self.model, ids.shape[1] + max_new_tokens)
         if fast is not None:
-            return fast.decoder(ids, mask, pos, max_new_tokens, output_head(self.model)[1])
+            static = self.decode == "graph" or (self.decode == "auto" and ids.is_cuda)
+            return fast.decoder(ids, mask, pos, max_new_tokens, output_head(self.model)[1], static=static,
+                                capture=static and ids.is_cuda)
         return hf.TransformersDecoder(self.model, ids, mask, pos, max_new_tokens)
 
     def _generate(self, prompt_ids, prompt_mask, params: SamplingParams) -> Rollout:

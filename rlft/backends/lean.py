@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..distributed import is_sharded
 from ..policy import position_ids, unwrap
+from .graphs import Graphs
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
 TANH_GELU = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")
@@ -139,8 +140,9 @@ class Lean:
 
     def _block(self, layer, h, rope, mask, cache=None, start: int = 0, prefix=None, keep=None):
         """One decoder layer. ``cache``: a preallocated (keys, values) pair to write at ``start`` and attend over
-        (sampling). ``prefix``: keys and values of earlier positions to attend over too, and ``keep``: a list
-        that receives this call's keys and values (the shared-prompt forward; autograd flows through both)."""
+        (sampling; a [1] tensor ``start``: the fixed-shape step of `StaticDecoder`). ``prefix``: keys and values of
+        earlier positions to attend over too, and ``keep``: a list that receives this
+        call's keys and values (the shared-prompt forward; autograd flows through both)."""
         if self.kind == "gpt2":
             ln1, ln2, mlp = layer.ln_1, layer.ln_2, layer.mlp
             drop = layer.attn.resid_dropout
@@ -150,7 +152,12 @@ class Lean:
         qs, ks, vs = self._qkv(layer, self._norm(ln1, h), rope)
         if keep is not None:
             keep.append((ks, vs))
-        if cache is not None:  # write this call's keys and values, attend over everything so far
+        if cache is not None and isinstance(start, torch.Tensor):  # static shapes: write at a device-side index
+            kc, vc = cache                                                 # and attend over the whole cache (the
+            kc.index_copy_(2, start, ks)                                   # key mask hides what is not written)
+            vc.index_copy_(2, start, vs)
+            ks, vs = kc, vc
+        elif cache is not None:  # write this call's keys and values, attend over everything so far
             kc, vc = cache
             end = start + ks.shape[2]
             kc[:, :, start:end] = ks
@@ -229,7 +236,11 @@ class Lean:
         return torch.cat([last[:, None], self._final(h)], 1)
 
     def decoder(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, max_new_tokens: int,
-                head) -> Decoder:
+                head, *, static: bool = False, capture: bool = False) -> Decoder:
+        """A prefilled decoder: `Decoder`, or with ``static`` the fixed-shape `StaticDecoder` (``capture``: its
+        step recorded as CUDA graphs; needs CUDA)."""
+        if static:
+            return StaticDecoder(self, ids, mask, pos, max_new_tokens, head, capture=capture)
         return Decoder(self, ids, mask, pos, max_new_tokens, head)
 
 
@@ -245,15 +256,28 @@ class Decoder:
     def __init__(self, lean: Lean, ids, mask, pos, max_new_tokens: int, head):
         self.lean, self.head = lean, head
         n, p = ids.shape
-        size = p + max_new_tokens
-        h0 = lean.body.wte.weight if lean.kind == "gpt2" else lean.body.embed_tokens.weight
-        kw = {"dtype": h0.dtype, "device": ids.device}
-        self.cache = [(torch.empty(n, lean.kv_heads, size, lean.head_dim, **kw),
-                       torch.empty(n, lean.kv_heads, size, lean.head_dim, **kw)) for _ in lean.layers]
-        self.valid = torch.ones(n, size, dtype=torch.bool, device=ids.device)
+        self._alloc(n, p + max_new_tokens, ids.device)
         self.valid[:, :p] = mask.bool()
         self.pos = pos[:, -1:] + 1                                            # [N, 1] next position
         self.length = p
+        self.logits = self._prefill(ids, mask, pos)
+
+    def _alloc(self, n: int, size: int, device) -> None:
+        """The cache (written before it is read) and the key mask (every generated position valid)."""
+        lean = self.lean
+        kw = {"dtype": self._dtype(), "device": device}
+        self.cache = [(torch.empty(n, lean.kv_heads, size, lean.head_dim, **kw),
+                       torch.empty(n, lean.kv_heads, size, lean.head_dim, **kw)) for _ in lean.layers]
+        self.valid = torch.ones(n, size, dtype=torch.bool, device=device)
+
+    def _dtype(self):
+        lean = self.lean
+        return (lean.body.wte.weight if lean.kind == "gpt2" else lean.body.embed_tokens.weight).dtype
+
+    def _prefill(self, ids, mask, pos) -> torch.Tensor:
+        """Run the prompts, write their keys and values at the cache's first P positions; the logits after them."""
+        lean, (n, p) = self.lean, ids.shape
+        kw = {"dtype": self._dtype(), "device": ids.device}
         distinct, owner = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
         if distinct.shape[0] == n or not self.share_prefill:  # no prompt repeats: prefill straight into the cache
             prefill, owner = self.cache, None
@@ -265,12 +289,13 @@ class Decoder:
         m = Lean._mask(mask.bool())
         for layer, cache in zip(lean.layers, prefill):
             h = lean._block(layer, h, rope, m, cache, 0)
-        self.logits = head(lean._final(h[:, -1])).float()                      # [N or distinct, V]
-        if owner is not None:
-            for (kc, vc), (kp, vp) in zip(self.cache, prefill):
-                kc[:, :, :p] = kp[owner]
-                vc[:, :, :p] = vp[owner]
-            self.logits = self.logits[owner]
+        logits = self.head(lean._final(h[:, -1])).float()                      # [N or distinct, V]
+        if owner is None:
+            return logits
+        for (kc, vc), (kp, vp) in zip(self.cache, prefill):
+            kc[:, :, :p] = kp[owner]
+            vc[:, :, :p] = vp[owner]
+        return logits[owner]
 
     def keep(self, idx: torch.Tensor) -> None:
         """Go on with the rows ``idx`` only (finished rows leave the batch; their cache is freed)."""
@@ -289,3 +314,71 @@ class Decoder:
         self.pos = self.pos + 1
         self.logits = self.head(lean._final(h[:, -1])).float()
         return self.logits
+
+
+class StaticDecoder(Decoder):
+    """`Decoder` with a step of fixed shapes, for CUDA graphs (rlft/backends/graphs.py).
+
+    The step reads and writes only buffers allocated before the first step: ``tokens`` [N], positions ``pos``
+    [N, 1], the key mask ``valid`` [N, S], the write position ``index`` [1] and the cache [N, Hkv, S, D] (S = P + T
+    rounded up to 16, zero-filled: a masked key's weight is exactly 0 after the softmax, and 0 x its zero value
+    adds nothing). It attends over the whole cache under the mask and advances positions, mask and index on the
+    device, so no shape and no Python number changes between steps.
+
+    Finished rows: ``keep`` only remaps which rows are live while the batch stays in its bucket (finished rows are
+    computed and ignored: on a GPU a decode step costs about the same for 64 rows as for 128 -- reading the weights
+    dominates -- so a smaller batch buys little). When the live rows fit half the bucket, they move to the front
+    of the buffers and the step runs over the first ``b`` rows only, b the next power of two (at least 8): one
+    more graph to record, at most log2(N / 8) times per rollout, each saving the cache reads and compute of the
+    rows left behind."""
+
+    def __init__(self, lean: Lean, ids, mask, pos, max_new_tokens: int, head, *, capture: bool = False):
+        self.rows: torch.Tensor | None = None   # the live rows' places in the buffers; None: the first len(tokens)
+        super().__init__(lean, ids, mask, pos, max_new_tokens, head)
+        self.bucket = ids.shape[0]
+        self.tokens = torch.zeros(self.bucket, dtype=torch.long, device=ids.device)
+        self.index = torch.tensor([ids.shape[1]], dtype=torch.long, device=ids.device)  # the next cache column
+        self.graphs = Graphs(self._step, ids.device, capture)
+
+    def _alloc(self, n: int, size: int, device) -> None:
+        lean, size = self.lean, -(-size // 16) * 16  # a whole number of 16-key blocks for the attention kernels
+        kw = {"dtype": self._dtype(), "device": device}
+        self.cache = [(torch.zeros(n, lean.kv_heads, size, lean.head_dim, **kw),
+                       torch.zeros(n, lean.kv_heads, size, lean.head_dim, **kw)) for _ in lean.layers]
+        self.valid = torch.zeros(n, size, dtype=torch.bool, device=device)  # set column by column as written
+
+    def _step(self, b: int) -> torch.Tensor:
+        """One step over the buffers' first ``b`` rows: the next logits [b, V]. Fixed shapes for a given ``b``."""
+        lean, index = self.lean, self.index
+        valid = self.valid[:b]
+        valid.index_fill_(1, index, True)
+        h, rope = lean._embed(self.tokens[:b, None], self.pos[:b])
+        m = valid[:, None, None, :]                                             # [b, 1, 1, S]
+        for layer, (kc, vc) in zip(lean.layers, self.cache):
+            h = lean._block(layer, h, rope, m, (kc[:b], vc[:b]), index)
+        self.pos[:b].add_(1)
+        index.add_(1)
+        return self.head(lean._final(h[:, -1])).float()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.rows is None:
+            self.tokens[:tokens.shape[0]].copy_(tokens)
+        else:
+            self.tokens.index_copy_(0, self.rows, tokens)
+        out = self.graphs(self.bucket)                                          # [bucket, V]
+        self.logits = out[:tokens.shape[0]] if self.rows is None else out.index_select(0, self.rows)
+        return self.logits
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """Go on with the rows ``idx`` (positions among the live rows); to a smaller bucket when they fit one."""
+        rows = idx if self.rows is None else self.rows[idx]
+        k = idx.numel()
+        b = min(self.bucket, max(8, 1 << max(0, k - 1).bit_length()))
+        if b < self.bucket:  # the live rows to the front; the step runs over the first b rows from now on
+            for kc, vc in self.cache:
+                kc[:k] = kc[rows]
+                vc[:k] = vc[rows]
+            self.valid[:k], self.pos[:k] = self.valid[rows], self.pos[rows]
+            self.bucket, rows = b, None
+        self.rows = rows
+        self.logits = self.logits[idx]
