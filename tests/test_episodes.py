@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from envs_for_tests import Counting
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ASCII, backend_of, base_overrides
 from rlft import estimators
@@ -170,9 +170,9 @@ def test_turn_rewards_land_on_each_turns_last_token_and_discount_over_model_toke
     M M E E E E E M M E E E E E M M with rewards 1, 0.5, 2 on the model tokens 2, 4, 6 (positions 1, 8, 15).
     With gamma = 0.5 the environment tokens are not steps, so over the 6 model tokens (rewards 0 1 0 .5 0 2):
     R5 = 2, R4 = .5 * 2 = 1, R3 = .5 + .5 * 1 = 1, R2 = .5 * 1 = .5, R1 = 1 + .5 * .5 = 1.25, R0 = .5 * 1.25 = .625."""
-    from transformers import AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    backend = backend_of(model, AutoTokenizer.from_pretrained(tiny_model_dir), eos_ids=[])  # no EOS: every turn is exactly rollout.max_new_tokens long
+    # no EOS: every turn is exactly rollout.max_new_tokens long
+    backend = backend_of(model, AutoTokenizer.from_pretrained(tiny_model_dir), eos_ids=[])
     cfg = Config.load(None, [f"model.path={tiny_model_dir}", "rollout.max_new_tokens=2", "rollout.num_generations=2",
                              f"env.cls={ENVS}:Counting"])
     tok = backend.tokenizer
