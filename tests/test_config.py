@@ -88,6 +88,7 @@ NOT_APPLYING = {
     "model.lora.save_merged=true": [], "sft.lr=0.01": [], "sft.batch_size=4": ["sft.steps=0"], "sft.warmup_steps=3": [],
     "data.eval_fraction=0.1": ["data.eval=e.jsonl"], "data.system=Be brief.": ["model.chat_template=off"],
     "train.eval_every=5": [], "log.num_samples=2": ["log.samples_every=0"],
+    "rewards.overlap=true": ["env.cls=envs.py:Game"],
 }
 MAKES_IT_APPLY = {
     "algo.scale": ["algo.estimator=grpo"], "algo.baseline": ["algo.estimator=reinforce"],
@@ -103,7 +104,7 @@ MAKES_IT_APPLY = {
     "model.lora.target_modules": ["model.lora.r=8"], "model.lora.save_merged": ["model.lora.r=8"],
     "sft.lr": ["sft.steps=10"], "sft.batch_size": ["sft.steps=10"], "sft.warmup_steps": ["sft.steps=10"],
     "data.eval_fraction": [], "data.system": ["model.chat_template=on"], "train.eval_every": ["data.eval_fraction=0.1"],
-    "log.num_samples": ["log.samples_every=5"],
+    "log.num_samples": ["log.samples_every=5"], "rewards.overlap": [],
 }
 
 
