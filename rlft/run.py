@@ -119,9 +119,8 @@ def _build(cfg: Config, ctx, out: Path, extra_rewards, resume: bool, factory=Non
     else:
         logger = NullLogger()
     seq2seq = model.config.is_encoder_decoder
-    if seq2seq and factory is not None:
-        raise ConfigError(f"env.cls (multi-turn episodes) needs a decoder-only model: {cfg.model.path} is an "
-                          f"encoder-decoder, whose prompt cannot grow turn by turn")
+    if factory is not None:
+        _check_episode_model(cfg, model, seq2seq)
     train_ex = make_examples(cfg, tok, train_rows, cfg.data.train, counts, encoder=seq2seq)
     eval_ex = make_examples(cfg, tok, eval_rows, cfg.data.eval or cfg.data.train, counts,
                             encoder=seq2seq)[:cfg.train.eval_max_prompts]
@@ -152,6 +151,19 @@ def _build(cfg: Config, ctx, out: Path, extra_rewards, resume: bool, factory=Non
         logger.note(f"environment {envs.name_of(factory)}: one per episode, at most {cfg.env.max_turns} model turns "
                     f"and {cfg.env.max_tokens} tokens each")
     return run
+
+
+def _check_episode_model(cfg: Config, model, seq2seq: bool) -> None:
+    """Episodes need a decoder-only model whose positions hold a first observation and env.max_tokens after it."""
+    if seq2seq:
+        raise ConfigError(f"env.cls (multi-turn episodes) needs a decoder-only model: {cfg.model.path} is an "
+                          f"encoder-decoder, whose prompt cannot grow turn by turn")
+    try:
+        backends.check_positions(model, replace(cfg, rollout=replace(cfg.rollout, max_new_tokens=cfg.env.max_tokens)))
+    except ConfigError:
+        raise ConfigError(f"the model's learned positions cannot hold an episode: data.max_prompt_tokens="
+                          f"{cfg.data.max_prompt_tokens} (its first observation) + env.max_tokens={cfg.env.max_tokens} "
+                          f"(everything after it); lower them") from None
 
 
 def check_world(cfg: Config, ctx) -> None:

@@ -258,3 +258,16 @@ def test_episode_seeds_depend_on_step_row_and_generation_only():
     s = rlft_env.episode_seed
     assert s(0, 1, 5, 0) == s(0, 1, 5, 0) and 0 <= s(0, 1, 5, 0) < 2 ** 63
     assert len({s(0, 1, 5, 0), s(1, 1, 5, 0), s(0, 2, 5, 0), s(0, 1, 6, 0), s(0, 1, 5, 1)}) == 5
+
+
+def test_an_episode_must_fit_the_models_learned_positions(tmp_path, tiny_data):
+    from rlft.tiny import byte_tokenizer, save_tiny, tiny_causal_lm
+    from rlft.train import train
+    tok = byte_tokenizer()
+    model = save_tiny(tmp_path / "gpt2", tiny_causal_lm(tok, arch="gpt2", hidden=16, layers=1, heads=2,
+                                                          max_positions=64), tok)
+    o = {"data.max_prompt_tokens": 16, "rollout.max_new_tokens": 8, "rewards": "[]", "env.max_tokens": 100}
+    with pytest.raises(ConfigError, match=r"learned positions cannot hold an episode: data.max_prompt_tokens=16 "
+                                          r"\(its first observation\) \+ env.max_tokens=100"):
+        train(Config.load(None, base_overrides(model, tiny_data, tmp_path / "r", **o)), env=Counting)
+    assert not (tmp_path / "r").exists()  # nothing left behind
