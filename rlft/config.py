@@ -135,8 +135,9 @@ class RewardsConfig:
                            "list directly.")
     normalize: str = opt("none", "none, or group: standardise each component within its group before "
                          "summing.", ("none", "group"))
-    on_error: str = opt("raise", "A reward that raises or returns NaN/inf: raise (stop, naming reward, step "
-                        "and sample) or drop (the sample gets no gradient; counted).", ("raise", "drop"))
+    on_error: str = opt("raise", "A reward that raises or returns NaN/inf, or an environment (env.cls) that raises "
+                        "or breaks its contract: raise (stop, naming reward or environment, step, turn and sample) "
+                        "or drop (the sample gets no gradient; counted).", ("raise", "drop"))
     overlap: bool = opt(False, "Score completions while the rest still decode (rollout.engine rlft): at each of the "
                         "sampler's host syncs (every 8 tokens) the rows finished since the last one (whole groups "
                         "with normalize: group) go to the rewards in a background thread. Pays when rewards are "
