@@ -192,7 +192,7 @@ class StepResult:
 
 
 def _is_bool(x) -> bool:
-    return isinstance(x, bool) or type(x).__name__ == "bool_"  # numpy.bool_ too
+    return isinstance(x, bool) or type(x).__name__ in ("bool", "bool_")  # numpy.bool_ too
 
 
 def check_step(out, where: Where, turn: int) -> StepResult:

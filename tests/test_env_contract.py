@@ -271,3 +271,28 @@ def test_an_episode_must_fit_the_models_learned_positions(tmp_path, tiny_data):
                                           r"\(its first observation\) \+ env.max_tokens=100"):
         train(Config.load(None, base_overrides(model, tiny_data, tmp_path / "r", **o)), env=Counting)
     assert not (tmp_path / "r").exists()  # nothing left behind
+
+
+def test_a_gymnasium_env_subclass_works_as_it_is(tiny_model_dir, backend):
+    """Gymnasium's own base class: reset seeds self.np_random from rlft's seed; Text spaces; numpy rewards."""
+    gym = pytest.importorskip("gymnasium", reason="the dev extra installs gymnasium")
+
+    class Guess(gym.Env):
+        observation_space = gym.spaces.Text(64)
+        action_space = gym.spaces.Text(64)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.secret = int(self.np_random.integers(0, 10))
+            return f"{options['row']['prompt']} guess a digit", {"secret": self.secret}
+
+        def step(self, action):
+            hit = str(self.secret) in action
+            return (None if hit else "no"), self.np_random.random(dtype="float32") + hit, bool(hit), False, {}
+
+    cfg = _cfg(tiny_model_dir, **{"env.max_turns": 2})
+    ex = _examples(cfg, backend.tokenizer)
+    runs = [run_episodes(backend, ex, Guess, cfg, torch.Generator().manual_seed(0), 5) for _ in range(2)]
+    assert torch.equal(runs[0].env_rewards, runs[1].env_rewards) and runs[0].rollout.turns == runs[1].rollout.turns
+    assert runs[0].rollout.turns[0][0]["content"] == "1+1= guess a digit" and runs[0].stats.reward_turns >= 4
+    assert runs[0].env_rewards.sum() > 0
