@@ -25,6 +25,7 @@ from . import backends, tasks
 from .collect import sample_examples
 from .config import Config
 from .data import check_rows, read_rows
+from .env import resolve as resolve_env
 from .episodes import EVAL_STEP, run_episodes, score_episodes
 from .errors import ConfigError, DataError
 from .rewards import Reward
@@ -56,8 +57,9 @@ def evaluate_greedy(backend, examples: list[Example], rewards: list[Reward], cfg
     return out
 
 
-def _greedy_episodes(backend, examples: list[Example], rewards: list[Reward], cfg: Config, env) -> dict:
-    """`evaluate_greedy` over multi-turn episodes: also eval/turns_mean; samples hold the conversations."""
+def _greedy_episodes(backend, examples: list[Example], rewards: list[Reward], cfg: Config, env, keep: int = 8) -> dict:
+    """`evaluate_greedy` over multi-turn episodes: also eval/turns_mean; the first ``keep`` samples (under
+    ``_samples``) hold the conversations."""
     chunk = max(1, cfg.rollout.batch_prompts * cfg.rollout.num_generations)
     totals: dict[str, list] = {"eval/reward/mean": [], **{f"eval/{r.name}": [] for r in rewards}, "eval/len_mean": [],
                                "eval/turns_mean": []}
@@ -77,7 +79,7 @@ def _greedy_episodes(backend, examples: list[Example], rewards: list[Reward], cf
         totals["eval/turns_mean"] += [float(sum(m["role"] == "assistant" for m in t)) for t in ro.turns]
         samples += [{"prompt": e.text, "completion": c, "turns": t} for e, c, t in zip(part, ro.completions, ro.turns)]
     out = {k: _mean(v) for k, v in totals.items()}
-    out["_samples"] = samples[:8]
+    out["_samples"] = samples[:keep]
     return out
 
 
@@ -126,6 +128,8 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, task: str = "", samp
     name = task or cfg.task
     spec = tasks.get(name) if name else None
     reward_fns = build_rewards(cfg) if cfg.rewards.components else []
+    if cfg.env.cls and not task:  # a run with an environment: greedy episodes, measured as in training
+        return _evaluate_episodes(cfg, adapter, data, limit, reward_fns)
     if spec is None and not reward_fns:
         raise ConfigError(f"{ckpt}: its config names no task and no rewards, so there is nothing to measure; give "
                           f"--task (one of {', '.join(tasks.registry())}) or evaluate a run whose config lists rewards")
@@ -155,6 +159,26 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, task: str = "", samp
                for i, (e, ref, g) in enumerate(zip(examples, refs, greedy))]
     return {"task": spec.name if spec else "(the run's rewards)", "metrics": metrics, "outputs": outputs,
             "counts": counts}
+
+
+def _evaluate_episodes(cfg: Config, adapter, data, limit: int, reward_fns: list[Reward]) -> dict:
+    """`evaluate_checkpoint` for a run trained with an environment (env.cls): greedy episodes over ``data``, the
+    environment's turn rewards plus the run's rewards (`evaluate_greedy`); outputs hold the conversations."""
+    counts: dict = {}
+    rows = check_rows(read_rows(data, cfg.data.bad_rows, counts), data, cfg.data, counts, False)
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise DataError(f"{data}: no usable rows")
+    model, tok = backends.load_policy(cfg.model, adapter=adapter)
+    backend = backends.build(replace(cfg, rollout=replace(cfg.rollout, engine="rlft")), model, tok)
+    examples = make_examples(cfg, tok, rows, str(data), counts)
+    res = _greedy_episodes(backend, examples, reward_fns, replace(cfg, data=replace(cfg.data, eval=str(data))),
+                           resolve_env(cfg.env.cls), keep=len(examples))
+    every = res.pop("_samples")
+    outputs = [{"prompt": e.text, "reference": e.row.columns.get(cfg.data.reference_column), "greedy": x["completion"],
+                "turns": x["turns"]} for e, x in zip(examples, every)]
+    return {"task": f"(the run's environment {cfg.env.cls})", "counts": counts, "outputs": outputs,
+            "metrics": {k.removeprefix("eval/"): v for k, v in res.items() if not k.startswith("_")}}
 
 
 def _generate(backend, examples, cfg: Config, samples: int, seed: int, batch_size: int, temperature):

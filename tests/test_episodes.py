@@ -293,3 +293,14 @@ def test_killed_and_resumed_episodes_equal_uninterrupted(tiny_model_dir, tiny_da
     assert [r["step"] for r in mb] == [1, 2, 3, 4]
     assert [(r["reward/mean"], r["rollout/env_reward_mean"]) for r in ma] == \
         [(r["reward/mean"], r["rollout/env_reward_mean"]) for r in mb]
+
+
+def test_rlft_eval_of_a_run_with_an_environment_plays_greedy_episodes(tiny_model_dir, tiny_data, tmp_path):
+    from rlft.evaluate import evaluate_checkpoint
+    o = {"train.steps": 1, "rollout.max_new_tokens": 3, **_env("Counting")}
+    out = train(Config.load(None, base_overrides(tiny_model_dir, tiny_data, tmp_path / "r", **o)))
+    res = evaluate_checkpoint(out / "checkpoint-1", tiny_data, limit=5)
+    assert res["metrics"]["turns_mean"] == 3 and 0 <= res["metrics"]["reward/mean"] <= 3
+    assert len(res["outputs"]) == 5 and [m["role"] for m in res["outputs"][0]["turns"]] == \
+        ["user", "assistant", "user", "assistant", "user", "assistant"]
+    assert res["outputs"][0]["greedy"] == res["outputs"][0]["turns"][-1]["content"]
