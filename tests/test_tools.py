@@ -11,6 +11,7 @@ import pytest
 from rlft.envs.tools import (
     MAX_CALLS,
     TOOL_CHAT_TEMPLATE,
+    TOOLS_PROMPT,
     Toolbox,
     ToolCall,
     ToolEnv,
@@ -305,3 +306,20 @@ def test_chat_template_renders_tools():
     assert text.endswith("<|user|><tool_response>\n5\n</tool_response><tool_response>\n6\n</tool_response></s>"
                          "<|assistant|>")
     assert tok.apply_chat_template(msgs[1:2], tokenize=False) == "<|user|>2+3?</s>"   # no tools: plain
+
+
+def test_tools_in_prompt():
+    """tools_in_prompt: the first observation describes the tools as Qwen 2.5's template does (a string prompt gets
+    them before it; chat messages in the system message)."""
+    schema = json.dumps(Toolbox([add]).schemas()[0])
+    env = Adder(tools_in_prompt=True)
+    obs, info = env.reset(options={"row": {"prompt": "2+3?", "expected": 5}})
+    assert obs == TOOLS_PROMPT.format(schemas=schema) + "\n\n2+3?" and info["tools"][0]["function"]["name"] == "add"
+    assert "<tools>\n" + schema + "\n</tools>" in obs and '{"name": <function-name>, "arguments"' in obs
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"}]
+    obs, _ = env.reset(options={"row": {"prompt": chat, "expected": 5}})
+    assert obs[0] == {"role": "system", "content": "Be brief.\n\n" + TOOLS_PROMPT.format(schemas=schema)}
+    assert obs[1:] == chat[1:] and chat[0]["content"] == "Be brief."          # the row is not changed
+    obs, _ = env.reset(options={"row": {"prompt": chat[1:], "expected": 5}})
+    assert [m["role"] for m in obs] == ["system", "user"]
+    assert Adder().reset(options={"row": {"prompt": "2+3?"}})[0] == "2+3?"     # off by default

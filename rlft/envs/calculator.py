@@ -1,11 +1,12 @@
 """``calculator``: arithmetic word problems whose reward needs the calculator tool's exact answer.
 
-Each problem multiplies numbers no model gets right by guessing (``347 * 28 + 15``). The model may call
-``calculator(expression)`` (rlft.envs.tools.calculator: exact arithmetic) as often as it likes, then answers in a
-turn without a tool call. Reward, on that final turn: 1 when the last number in the answer equals the exact result
-(and, with ``require_tool`` -- the default -- the calculator returned that number in this episode: a lucky guess
-earns nothing), else 0. ``tool_bonus`` (default 0) adds a shaping reward on the first tool turn whose calls all ran
-without error. Rows: ``prompt`` (the problem and how to answer), ``expression``, ``answer`` (the exact integer).
+Each problem multiplies two-digit numbers (``47 * 28 + 15``), which few small models get right in their head. The
+model may call ``calculator(expression)`` (rlft.envs.tools.calculator: exact arithmetic) as often as it likes, then
+answers in a turn without a tool call. Reward, on that final turn: 1 when the last number in the answer equals the
+exact result (and, with ``require_tool`` -- the default -- the calculator returned that number in this episode: a
+lucky guess earns nothing), else 0. ``tool_bonus`` (default 0) adds a shaping reward on the first tool turn whose
+calls all ran without error. ``tools_in_prompt`` (ToolEnv's) writes the tool's description into the first
+observation. Rows: ``prompt`` (the problem and how to answer), ``expression``, ``answer`` (the exact integer).
 Write a dataset with ``python -m rlft.envs write calculator data/calculator``.
 """
 
@@ -19,11 +20,11 @@ from .tools import ToolCall, ToolEnv, calculator
 
 INSTRUCTION = "Use the calculator tool, then give the final answer as a number."
 NAMES = ["Ada", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jun"]
-TEMPLATES = [  # (text, expression): a, b, c drawn per problem
+TEMPLATES = [  # (text, expression): a, b, c drawn per problem, in the text's order
     ("{n} packs {a} apples into each of {b} crates. How many apples are there?", "{a} * {b}"),
     ("A train runs {a} km a day for {b} days. How many km does it run?", "{a} * {b}"),
-    ("{n} buys {b} boxes of {a} nails and has {c} nails already. How many nails now?", "{a} * {b} + {c}"),
-    ("A hall has {b} rows of {a} seats and {c} seats are taken. How many seats are free?", "{a} * {b} - {c}"),
+    ("{n} buys {a} boxes of {b} nails and has {c} nails already. How many nails now?", "{a} * {b} + {c}"),
+    ("A hall has {a} rows of {b} seats and {c} seats are taken. How many seats are free?", "{a} * {b} - {c}"),
     ("{n} saves {a} coins a week for {b} weeks, then spends {c}. How many coins are left?", "{a} * {b} - {c}"),
 ]
 NUMBER = re.compile(r"-?\d+")
@@ -32,7 +33,7 @@ NUMBER = re.compile(r"-?\d+")
 def problem(rng: random.Random) -> dict:
     """One word problem: {prompt, expression, answer} (an integer answer, always positive)."""
     text, expr = rng.choice(TEMPLATES)
-    v = {"n": rng.choice(NAMES), "a": rng.randint(102, 989), "b": rng.randint(12, 98), "c": rng.randint(11, 99)}
+    v = {"n": rng.choice(NAMES), "a": rng.randint(13, 99), "b": rng.randint(13, 99), "c": rng.randint(11, 99)}
     expression = expr.format(**v)
     return {"prompt": f"{text.format(**v)} {INSTRUCTION}", "expression": expression,
             "answer": calculator(expression)}

@@ -12,8 +12,8 @@ episodes at step 0 (the warm start) and at the last step give the before -> afte
 ``OUT/example.json`` -- and with ``--write-docs`` to docs/environments.json and the page's output block for that
 environment (the only source of the figures the page quotes; tests/test_envs.py checks it).
 
-The demonstrations are deliberately imperfect -- a guesser that picks any number the replies allow (not the
-middle), a warm start too short to learn every problem -- so RL has something to improve.
+The demonstrations are deliberately imperfect -- a guesser that bisects sloppily, a warm start too short to learn
+every problem -- so RL has something to improve.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pathlib import Path
 from ..config import Config
 from . import calculator, guess_number
 from .code_repair import feedback
-from .tools import TOOL_CHAT_TEMPLATE, calculator as calc
+from .tools import TOOL_CHAT_TEMPLATE
+from .tools import calculator as calc
 
 NAMES = ("calculator", "guess_number", "code_repair")
 SIZES = {"calculator": (400, 32), "guess_number": (400, 32)}
@@ -55,14 +56,15 @@ def calculator_demos(rows: list[dict]) -> list[dict]:
 
 
 def guess_demos(rows: list[dict], rng: random.Random, low: int = 1, high: int = 16, max_guesses: int = 6):
-    """Games of a player that guesses ANY number the replies so far allow (uniformly), one row per guess."""
+    """Games of a sloppy bisecting player -- the middle of what the replies so far allow, give or take up to 3 (kept
+    inside it) -- one row per guess."""
     out = []
     for r in rows:
         env = guess_number.GuessNumberEnv(low, high, max_guesses)
         obs, _ = env.reset(options={"row": r})
         msgs, lo, hi = [{"role": "user", "content": obs}], low, high
         while True:
-            g = rng.randint(lo, hi)
+            g = min(hi, max(lo, (lo + hi) // 2 + rng.randint(-3, 3)))
             out.append({"prompt": list(msgs), "reference": str(g)})
             obs, _, done, _, _ = env.step(str(g))
             if done:
@@ -111,8 +113,8 @@ def write_data(name: str, folder: str | Path, seed: int = 0) -> list[Path]:
 # ------------------------------------------------------------------------------------ worked examples
 
 EXAMPLES = {  # tiny model, warm start and RL schedule of each worked example
-    "calculator": dict(hidden=64, vocab=400, sft=dict(steps=40, lr=3e-3, batch_size=32),
-                       rl=dict(steps=20, lr=1e-3, prompts=8, group=4), max_new_tokens=40,
+    "calculator": dict(hidden=96, vocab=400, sft=dict(steps=800, lr=3e-3, batch_size=32),
+                       rl=dict(steps=40, lr=5e-4, prompts=8, group=8), max_new_tokens=40,
                        env=dict(max_turns=3, max_tokens=160)),
     "guess_number": dict(hidden=64, vocab=300, sft=dict(steps=300, lr=3e-3, batch_size=32),
                          rl=dict(steps=60, lr=2e-3, prompts=8, group=8), max_new_tokens=4,

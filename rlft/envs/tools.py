@@ -509,16 +509,17 @@ class ToolEnv:
     A turn with tool calls is answered with one ``tool`` message per call (errors included); a turn without any
     is the answer: ``answer(text)`` is its reward and the episode ends (terminated). ``max_tool_turns`` (None: no
     limit but env.max_turns) ends a model that never answers (truncated, reward 0). ``tool_reward`` (override)
-    gives a reward for a tool turn (default 0). ``reset``'s info carries ``tools``: the schemas the rollout offers
-    through the chat template (``apply_chat_template(tools=...)``)."""
+    gives a reward for a tool turn (default 0). ``reset``'s info carries ``tools``: the tools' schemas;
+    ``tools_in_prompt`` also writes them into the first observation (`with_tools`: the system prompt Qwen 2.5's
+    template writes), so a model sees them whatever the rollout does with ``info``."""
 
     tools: list[Callable] = []
     formats: tuple = FORMATS
 
     def __init__(self, *, tools: list[Callable] | None = None, tool_timeout_s: float = 10.0,
-                 max_tool_turns: int | None = None):
+                 max_tool_turns: int | None = None, tools_in_prompt: bool = False):
         self.toolbox = Toolbox(list(self.tools if tools is None else tools), timeout_s=tool_timeout_s)
-        self.max_tool_turns = max_tool_turns
+        self.max_tool_turns, self.tools_in_prompt = max_tool_turns, tools_in_prompt
         self.row: dict = {}
         self.turn = self.tool_turns = self.tool_errors = 0
         self.results: list[dict] = []     # every tool message of the episode, in order
@@ -538,7 +539,9 @@ class ToolEnv:
         self.seed = seed
         self.turn = self.tool_turns = self.tool_errors = 0
         self.results = []
-        return self.prompt(self.row), {"tools": self.toolbox.schemas()}
+        obs = self.prompt(self.row)
+        return (with_tools(obs, self.toolbox.schemas()) if self.tools_in_prompt else obs), \
+            {"tools": self.toolbox.schemas()}
 
     def step(self, action: str):
         self.turn += 1
@@ -556,3 +559,23 @@ class ToolEnv:
 
     def info(self) -> dict:
         return {"turn": self.turn, "tool_turns": self.tool_turns, "tool_errors": self.tool_errors}
+
+
+TOOLS_PROMPT = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with "
+                "function signatures within <tools></tools> XML tags:\n<tools>\n{schemas}\n</tools>\n\nFor each "
+                "function call, return a json object with function name and arguments within <tool_call></tool_call> "
+                "XML tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n"
+                "</tool_call>")
+
+
+def with_tools(obs, schemas: list[dict]):
+    """A first observation with the tools described as Qwen 2.5's chat template describes them (Hermes format): in
+    the system message of a list of messages (merged into one that is there), or before a string prompt."""
+    text = TOOLS_PROMPT.format(schemas="\n".join(json.dumps(s, ensure_ascii=False) for s in schemas))
+    if isinstance(obs, str):
+        return f"{text}\n\n{obs}"
+    msgs = [dict(m) for m in obs]
+    if msgs and msgs[0].get("role") == "system":
+        msgs[0]["content"] = f"{msgs[0]['content']}\n\n{text}"
+        return msgs
+    return [{"role": "system", "content": text}] + msgs
