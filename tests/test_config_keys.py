@@ -5,7 +5,7 @@ message or page sends a user to a key that was renamed or removed.
 A dotted name counts as a config key when it starts with a section (model, data, rollout, ...), is not part of a
 longer dotted name or path (``cfg.train.steps``, ``data/train.jsonl``) and is not a file name (``train.py``).
 Some such names are code, not keys: a call (``model.generate(``), an attribute of an rlft module
-(``rollout.sample``) or of a real transformers model (``model.config.id2label``); those are told apart by
+(``data.columns_of``) or of a real transformers model (``model.config.id2label``); those are told apart by
 looking them up, not by a list.
 """
 
@@ -53,7 +53,7 @@ def tiny_model():
 
 
 def is_code(name: str, suffix: str) -> bool:
-    """A call, an attribute of an rlft module (rollout.sample), or of a transformers model (model.generate,
+    """A call, an attribute of an rlft module (data.columns_of), or of a transformers model (model.generate,
     model.config.id2label, the parameter model.layers.0.mlp.up_proj.weight)."""
     if suffix == "(":
         return True
@@ -105,8 +105,8 @@ def test_every_config_key_named_exists(texts):
 
 def test_the_scan_finds_keys_and_tells_code_apart():
     text = ("set algo.kl_coef > 0 or rollout.vllm_* (train.py, data/train.jsonl, cfg.train.steps); "
-            "model.generate(...), rollout.sample, model.config.id2label; algo.kl_coeff and rollout.vlm_*")
+            "model.generate(...), data.columns_of, model.config.id2label; algo.kl_coeff and rollout.vlm_*")
     names = list(dotted_names(text))
-    assert [n for n, _ in names] == ["algo.kl_coef", "rollout.vllm_", "model.generate", "rollout.sample",
+    assert [n for n, _ in names] == ["algo.kl_coef", "rollout.vllm_", "model.generate", "data.columns_of",
                                      "model.config.id2label", "algo.kl_coeff", "rollout.vlm_"]
     assert stale([("x", text)]) == ["x: algo.kl_coeff", "x: rollout.vlm_"]

@@ -183,7 +183,7 @@ def test_engine_vllm_without_vllm_names_the_extra(tiny_model_dir, tiny_data, tmp
 
 
 def test_rlft_imports_without_vllm():
-    code = ("import sys, rlft, rlft.train, rlft.vllm_engine, rlft.cli; "
+    code = ("import sys, rlft, rlft.train, rlft.backends.vllm, rlft.cli; "
             "assert 'vllm' not in sys.modules, 'vllm imported eagerly'")
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -44,10 +44,10 @@ def test_example_config_fits_its_model(task, tmp_path):
     has 512 positions and the preset asks for 1024-token prompts)."""
     import random
 
+    from rlft.backends import check_positions
     from rlft.config import Config
     from rlft.tasks.text_examples import ROWS, all_text, example_model
     from rlft.tiny import byte_tokenizer
-    from rlft.train import check_positions
 
     e = EXAMPLES[task]
     tok = byte_tokenizer(all_text(ROWS[task](64, random.Random(0))), vocab_size=e["vocab"],
