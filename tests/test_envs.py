@@ -185,6 +185,11 @@ def test_write_data(tmp_path, name):
         env.reset(options={"row": rows[0]})
         assert env.step(demos[0]["reference"])[0][0]["content"] == rows[0]["answer"]
         assert env.step(demos[1]["reference"])[1] == 1.0
+    if name == "code_repair":  # the demonstrated report is the environment's own, and the fix passes
+        env = CodeRepairEnv(max_attempts=2)
+        (obs, *_), last = _play(env, rows[0], [demos[1]["prompt"][1]["content"], demos[1]["reference"]])
+        assert obs == demos[1]["prompt"][2]["content"] and obs.startswith("Your code passed 0 of 3 tests.")
+        assert last[:3] == (None, 1.0, True)
     if name == "guess_number":  # each demonstrated guess is allowed by the replies so far
         for d in demos:
             lo, hi = 1, 16
@@ -210,12 +215,14 @@ def test_config_trains_one_step(tmp_path, name):
     from rlft.train import train
 
     data = tmp_path / "data"
-    examples.write_data(name, data)
+    if name != "code_repair":  # code_repair reads the shipped data/code/bugfix.jsonl
+        examples.write_data(name, data)
+    files = [f"data.train={data / 'train.jsonl'}", f"data.eval={data / 'eval.jsonl'}"] if name != "code_repair" \
+        else [f"data.train={ROOT / 'data/code/bugfix.jsonl'}"]
     cfg = Config.load(ROOT / f"configs/env_{name}.yaml", [
-        f"model.path={_tiny_chat_model(tmp_path)}", "model.dtype=float32", f"data.train={data / 'train.jsonl'}",
-        f"train.out={tmp_path / 'run'}", "train.steps=1", "train.save_every=0", "rollout.batch_prompts=2",
-        "rollout.num_generations=2", "rollout.max_new_tokens=8", "log.console=false", "train.eval_max_prompts=2"]
-        + ([f"data.eval={data / 'eval.jsonl'}"] if name != "code_repair" else []))
+        f"model.path={_tiny_chat_model(tmp_path)}", "model.dtype=float32", f"train.out={tmp_path / 'run'}",
+        "train.steps=1", "train.save_every=0", "rollout.batch_prompts=2", "rollout.num_generations=2",
+        "rollout.max_new_tokens=8", "log.console=false", "train.eval_max_prompts=2", "env.max_turns=2"] + files)
     assert cfg.env.cls == name
     run = train(cfg)
     m = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -32,7 +32,7 @@ from .tools import TOOL_CHAT_TEMPLATE
 from .tools import calculator as calc
 
 NAMES = ("calculator", "guess_number", "code_repair")
-SIZES = {"calculator": (400, 32), "guess_number": (400, 32)}
+SIZES = {"calculator": (400, 32), "guess_number": (400, 32), "code_repair": (200, 32)}
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -74,17 +74,37 @@ def guess_demos(rows: list[dict], rng: random.Random, low: int = 1, high: int = 
     return out
 
 
-def code_demos(rows: list[dict]) -> list[dict]:
-    """The fixed function at once; and, after the buggy function was tried, the fixed one as the repair."""
+def toy_bugfix_rows(n: int, seed: int = 0) -> list[dict]:
+    """Bug-fixing rows small enough for a tiny model: ``f(x) = a * x + b`` with ``b`` off by one; the prompt shows
+    the buggy function and a failing test (rlft.tasks.code's BUGFIX_PROMPT), the tests check three values."""
+    from ..tasks.code import BUGFIX_PROMPT
+
+    rng, rows = random.Random(seed), []
+    for _ in range(n):
+        a, b = rng.randint(2, 9), rng.randint(1, 8)
+        bad = b + rng.choice([-1, 1])
+        code = "def f(x):\n    return {a} * x + {b}\n"
+        tests = [f"assert f(0) == {b}", f"assert f(1) == {a + b}", f"assert f(2) == {2 * a + b}"]
+        rows.append({"prompt": BUGFIX_PROMPT.format(failing_test=tests[0], buggy_code=code.format(a=a, b=bad)),
+                     "buggy_code": code.format(a=a, b=bad), "failing_test": tests[0], "tests": tests,
+                     "entry_point": "f", "reference": code.format(a=a, b=b)})
+    return rows
+
+
+def code_demos(rows: list[dict], rng: random.Random) -> list[dict]:
+    """A sloppy fixer: its first answer is the fixed function only half the time (else the buggy one again); after
+    the sandbox's report (computed here as the environment computes it) it answers with the fixed function."""
+    from ..sandbox import Job, run_batch
+
+    results = run_batch([Job(r["buggy_code"], r["tests"], r["entry_point"]) for r in rows], timeout_s=5)
     out = []
-    for r in rows:
-        fixed = f"```python\n{r['reference']}```"
-        out.append({"prompt": [{"role": "user", "content": r["prompt"]}], "reference": fixed})
-        tried = f"```python\n{r['buggy_code']}```"
-        fails = sum(1 for t in r["tests"])
-        reply = feedback(fails - 1, fails, "ok", f"1 of {fails} tests failed; first: {r['failing_test']}")
-        out.append({"prompt": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": tried},
-                               {"role": "user", "content": reply}], "reference": fixed})
+    for r, res in zip(rows, results):
+        fixed, tried = f"```python\n{r['reference']}```", f"```python\n{r['buggy_code']}```"
+        first = [{"role": "user", "content": r["prompt"]}]
+        out.append({"prompt": first, "reference": fixed if rng.random() < 0.5 else tried})
+        reply = feedback(res.passed, res.total, res.status, res.detail)
+        out.append({"prompt": first + [{"role": "assistant", "content": tried}, {"role": "user", "content": reply}],
+                    "reference": fixed})
     return out
 
 
@@ -95,17 +115,14 @@ def write_data(name: str, folder: str | Path, seed: int = 0) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    if name == "code_repair":  # the 27 bug-fixing problems: trained and evaluated on (as docs/tasks/code.md)
-        from ..tasks.code import bugfix_rows
-
-        train = evals = bugfix_rows()
-        demos = code_demos(train)
+    n_train, n_eval = SIZES[name]
+    make = {"calculator": calculator.rows, "guess_number": guess_number.rows, "code_repair": toy_bugfix_rows}[name]
+    rows = make(n_train + n_eval, seed)
+    evals, train = rows[:n_eval], rows[n_eval:]
+    if name == "calculator":
+        demos = calculator_demos(train)
     else:
-        n_train, n_eval = SIZES[name]
-        rows = calculator.rows(n_train + n_eval, seed) if name == "calculator" else \
-            guess_number.rows(n_train + n_eval, seed)
-        evals, train = rows[:n_eval], rows[n_eval:]
-        demos = calculator_demos(train) if name == "calculator" else guess_demos(train, rng)
+        demos = guess_demos(train, rng) if name == "guess_number" else code_demos(train, rng)
     return [_write(folder / "train.jsonl", train), _write(folder / "eval.jsonl", evals),
             _write(folder / "warm.jsonl", demos)]
 
@@ -117,11 +134,11 @@ EXAMPLES = {  # tiny model, warm start and RL schedule of each worked example
                        rl=dict(steps=40, lr=5e-4, prompts=8, group=8), max_new_tokens=40,
                        env=dict(max_turns=3, max_tokens=160)),
     "guess_number": dict(hidden=64, vocab=300, sft=dict(steps=300, lr=3e-3, batch_size=32),
-                         rl=dict(steps=60, lr=2e-3, prompts=8, group=8), max_new_tokens=4,
+                         rl=dict(steps=60, lr=5e-4, prompts=8, group=8), max_new_tokens=4,
                          env=dict(max_turns=6, max_tokens=120)),
-    "code_repair": dict(hidden=64, vocab=400, sft=dict(steps=60, lr=3e-3, batch_size=16),
-                        rl=dict(steps=10, lr=5e-4, prompts=4, group=4), max_new_tokens=160,
-                        env=dict(max_turns=2, max_tokens=400, args=dict(max_attempts=2))),
+    "code_repair": dict(hidden=96, vocab=400, sft=dict(steps=400, lr=3e-3, batch_size=32),
+                        rl=dict(steps=30, lr=5e-4, prompts=8, group=4), max_new_tokens=40,
+                        env=dict(max_turns=2, max_tokens=160, args=dict(max_attempts=2))),
 }
 
 
@@ -185,8 +202,12 @@ def example_record(name: str, run: Path, seed: int, wall_s: float) -> dict:
     evals = [json.loads(line) for line in (run / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
     first, last = evals[0], evals[-1]
     keys = ["eval/reward/mean", "eval/turns_mean", "eval/len_mean"]
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    sampled = [m["reward/mean"] for m in steps if "reward/mean" in m]
+    n = min(5, len(sampled))
     return {"env": name, "seed": seed, "steps": [first["step"], last["step"]],
             "before": {k: first[k] for k in keys}, "after": {k: last[k] for k in keys},
+            "sampled_reward": [sum(sampled[:n]) / n, sum(sampled[-n:]) / n],
             "wall_s": round(wall_s, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}"}
 
@@ -210,6 +231,9 @@ def docs_block(record: dict) -> str:
              f"| greedy evaluation episodes | warm start (step {record['steps'][0]}) | after RL (step "
              f"{record['steps'][1]}) |", "| --- | --- | --- |"]
     lines += [f"| {label} | {b[k]:.4f} | {a[k]:.4f} |" for label, k in rows]
+    first, last = record["sampled_reward"]
+    lines += ["", f"Mean reward of the sampled training episodes (temperature 1, training rows): {first:.4f} over "
+                  f"the first five RL steps, {last:.4f} over the last five."]
     return "\n".join(lines + ["", END])
 
 
