@@ -38,6 +38,9 @@ WELL_FORMED = [
     ('<tool_call>{"name": "a"}</tool_call>', [ok("a")]),                                       # no arguments: {}
     ('[TOOL_CALLS] [{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]', [ok("a", x=1), ok("b")]),
     ('[TOOL_CALLS]a[ARGS]{"x": 1}[TOOL_CALLS]b[ARGS]{}', [ok("a", x=1), ok("b")]),
+    (' [{"name": "a", "arguments": {"x": 1}}]', [ok("a", x=1)]),                 # [TOOL_CALLS] decoded away
+    ('[{"name": "a", "arguments": {}}] and some text', []),                       # not a bare list: an answer
+    ('[{"x": 1}]', []),
     ('<|python_tag|>{"name": "a", "parameters": {"x": 1}}', [ok("a", x=1)]),
     ('{"name": "a", "parameters": {"x": 1}}; {"name": "b", "parameters": {}}', [ok("a", x=1), ok("b")]),
     ("The answer is 3.", []),

@@ -15,7 +15,8 @@ Formats parsed (``parse_tool_calls(text, formats=...)``; all by default, the fir
 
 * ``hermes`` -- Hermes, Qwen 2/2.5/3, and every model whose template is derived from theirs:
   ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, any number per turn;
-* ``mistral`` -- ``[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`` (also ``[TOOL_CALLS]name[ARGS]{...}``);
+* ``mistral`` -- ``[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`` (also ``[TOOL_CALLS]name[ARGS]{...}``, and
+  the JSON list alone: decoding with skip_special_tokens removes the ``[TOOL_CALLS]`` token);
 * ``llama3`` -- Llama 3.1-3.3's JSON tool calling: the whole message is ``{"name": ..., "parameters": {...}}``
   (optionally after ``<|python_tag|>``), or several such objects separated by ``;``.
 
@@ -178,7 +179,20 @@ _MISTRAL = "[TOOL_CALLS]"
 
 
 def _mistral(text: str, max_chars: int) -> list[ToolCall]:
-    """``[TOOL_CALLS] [{...}, ...]`` (Mistral v3 and earlier) or ``[TOOL_CALLS]name[ARGS]{...}`` (v11+)."""
+    """``[TOOL_CALLS] [{...}, ...]`` (Mistral v3 and earlier) or ``[TOOL_CALLS]name[ARGS]{...}`` (v11+). Decoding
+    with skip_special_tokens removes the ``[TOOL_CALLS]`` token: then a message that is a JSON list of objects with
+    a ``name`` is read as the calls (any other text is an answer)."""
+    if _MISTRAL not in text:
+        s = text.strip()
+        if not s.startswith("[{") or len(s) > max_chars * MAX_CALLS:
+            return []
+        try:
+            obj, end = _decode(s, 0)
+        except ValueError:
+            return []
+        if s[end:].strip() or not all(isinstance(o, dict) and "name" in o for o in obj):
+            return []
+        return [_call_of(o, json.dumps(o)[:200]) for o in obj]
     out, pos = [], 0
     while (i := text.find(_MISTRAL, pos)) >= 0:
         body = i + len(_MISTRAL)
@@ -227,7 +241,7 @@ def _llama3(text: str, max_chars: int) -> list[ToolCall]:
     return out
 
 
-_PARSERS = {"hermes": (OPEN, _hermes), "mistral": (_MISTRAL, _mistral), "llama3": (None, _llama3)}
+_PARSERS = {"hermes": (OPEN, _hermes), "mistral": (None, _mistral), "llama3": (None, _llama3)}  # None: always tried
 
 
 def parse_tool_calls(text: str, formats=FORMATS, *, max_calls: int = MAX_CALLS,
