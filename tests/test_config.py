@@ -18,9 +18,12 @@ def test_there_are_configs():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_its_rewards_resolve(path):
     cfg = Config.load(path)
-    assert cfg.rewards.components, "a shipped config names its rewards"
+    assert cfg.rewards.components or cfg.env.cls, "a shipped config names its rewards (or an environment's turns)"
     for spec in cfg.rewards.components:
         assert callable(resolve(spec.fn))
+    if cfg.env.cls:
+        from rlft.env import resolve as resolve_env
+        assert callable(resolve_env(cfg.env.cls))
 
 
 def test_overrides_apply_with_types():
