@@ -57,6 +57,7 @@ class Graphs:
         side.wait_stream(current)
         with torch.cuda.stream(side):
             out = self.fn(b)  # the real step, and the warm-up before the capture
+            side.synchronize()  # nothing of the warm-up still in flight when the capture starts
             graph = torch.cuda.CUDAGraph()
             graph.capture_begin(pool=self.pool)
             try:

@@ -321,7 +321,7 @@ class StaticDecoder(Decoder):
 
     The step reads and writes only buffers allocated before the first step: ``tokens`` [N], positions ``pos``
     [N, 1], the key mask ``valid`` [N, S], the write position ``index`` [1] and the cache [N, Hkv, S, D] (S = P + T
-    rounded up to 16, zero-filled: a masked key's weight is exactly 0 after the softmax, and 0 x its zero value
+    rounded up to 64, zero-filled: a masked key's weight is exactly 0 after the softmax, and 0 x its zero value
     adds nothing). It attends over the whole cache under the mask and advances positions, mask and index on the
     device, so no shape and no Python number changes between steps.
 
@@ -341,7 +341,9 @@ class StaticDecoder(Decoder):
         self.graphs = Graphs(self._step, ids.device, capture)
 
     def _alloc(self, n: int, size: int, device) -> None:
-        lean, size = self.lean, -(-size // 16) * 16  # a whole number of 16-key blocks for the attention kernels
+        # whole 64-key blocks: aligned for the attention kernels, and rollouts whose prompt widths differ by a few
+        # tokens get the same shapes (kernel choices and plans made for one serve the next)
+        lean, size = self.lean, -(-size // 64) * 64
         kw = {"dtype": self._dtype(), "device": device}
         self.cache = [(torch.zeros(n, lean.kv_heads, size, lean.head_dim, **kw),
                        torch.zeros(n, lean.kv_heads, size, lean.head_dim, **kw)) for _ in lean.layers]
