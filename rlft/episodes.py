@@ -57,6 +57,7 @@ class _Episode:
     logp: list[float] = field(default_factory=list)
     model: list[int] = field(default_factory=list)      # 1: the model's token, 0: the environment's
     rewards: list[tuple[int, float]] = field(default_factory=list)  # (position of the turn's last token, reward)
+    tools: list | None = None        # reset's info["tools"]: passed to the chat template (tools=)
     last: tuple[int, int] = (0, 0)   # the last model turn: [start, end) in ids
     last_text: str = ""
     finish: str = "error"
@@ -163,11 +164,21 @@ def _start(tok, examples: list[Example], factory, cfg: Config, step: int, g: int
         try:
             if isinstance(out, Exception):
                 raise _raised(e.where.at(None), out)
-            messages, _ = check_reset(out, e.where)
+            messages, info = check_reset(out, e.where)
+            e.tools = _tools(info, e.where)
             _prompt(tok, e, out[0], messages, cfg)
         except EnvError as err:
             _fail(e, err, cfg)
     return eps
+
+
+def _tools(info: dict, where: Where) -> list | None:
+    """reset's ``info["tools"]``: the tools (JSON schemas or functions) the chat template describes to the model."""
+    tools = info.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) or callable(t) for t in tools)):
+        raise EnvError(f"{where.at(None)}: reset's info['tools'] must be a list of tool schemas (dicts) or functions "
+                       f"for the chat template, got {type(tools).__name__}")
+    return tools or None
 
 
 def uses_template(tok, cfg: Config) -> bool:
@@ -180,12 +191,18 @@ def _prompt(tok, e: _Episode, obs, messages: list[dict], cfg: Config) -> None:
     """The first observation as the model sees it: formatted and encoded as a dataset prompt would be (the same
     tokens when it is the same text), data.max_prompt_tokens applied."""
     d, templated = cfg.data, uses_template(tok, cfg)
-    if not templated and not isinstance(obs, str):
-        raise EnvError(f"{e.where.at(None)}: reset returned chat messages, but prompts are not formatted with a "
-                       f"chat template (the tokenizer has none, or model.chat_template=off); return a string")
+    if not templated and (not isinstance(obs, str) or e.tools):
+        what = "reset returned chat messages" if not isinstance(obs, str) else "reset's info names tools"
+        raise EnvError(f"{e.where.at(None)}: {what}, but prompts are not formatted with a chat template (the "
+                       f"tokenizer has none, or model.chat_template=off); return a string without tools")
+    if templated and d.system and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": d.system}] + messages
     try:
-        text = format_prompt(tok, obs if isinstance(obs, str) else messages, chat_template=cfg.model.chat_template,
-                             system=d.system)
+        if e.tools:  # as format_prompt, with the tools
+            text = tok.apply_chat_template(messages, tools=e.tools, tokenize=False, add_generation_prompt=True)
+        else:
+            text = format_prompt(tok, obs if isinstance(obs, str) else messages,
+                                 chat_template=cfg.model.chat_template, system=d.system)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 -- a chat template that cannot render what the environment gave
@@ -197,8 +214,6 @@ def _prompt(tok, e: _Episode, obs, messages: list[dict], cfg: Config) -> None:
                            f"data.max_prompt_tokens={d.max_prompt_tokens} (raise it, or set data.long_prompts: "
                            f"truncate to keep its last tokens)")
         ids = ids[-d.max_prompt_tokens:]
-    if templated and d.system and not any(m["role"] == "system" for m in messages):
-        messages = [{"role": "system", "content": d.system}] + messages
     e.prompt, e.messages, e.turns = ids, list(messages), [dict(m) for m in messages]
 
 
@@ -261,7 +276,7 @@ def _reply_ids(tok, e: _Episode, reply: list[dict], cfg: Config, turn: int) -> l
         return [t for m in reply for t in tok(m["content"], add_special_tokens=False)["input_ids"]]
     convo = e.messages[:-1] + [{"role": "assistant", "content": MARK}] + list(reply)
     try:
-        text = tok.apply_chat_template(convo, tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(convo, tools=e.tools, tokenize=False, add_generation_prompt=True)
     except Exception as exc:  # noqa: BLE001 -- a template that cannot render the reply (a role it does not know)
         raise _raised(f"{e.where.at(turn)}: the chat template rendering the environment's reply", exc) from None
     if MARK not in text:

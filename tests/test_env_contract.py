@@ -296,3 +296,28 @@ def test_a_gymnasium_env_subclass_works_as_it_is(tiny_model_dir, backend):
     assert torch.equal(runs[0].env_rewards, runs[1].env_rewards) and runs[0].rollout.turns == runs[1].rollout.turns
     assert runs[0].rollout.turns[0][0]["content"] == "1+1= guess a digit" and runs[0].stats.reward_turns >= 4
     assert runs[0].env_rewards.sum() > 0
+
+
+def test_tools_in_resets_info_go_to_the_chat_template(tmp_path, tiny_model_dir, backend):
+    """reset's info["tools"] is passed to apply_chat_template(tools=...) for the prompt and every reply."""
+    from rlft.tiny import CHAT_TEMPLATE, byte_tokenizer, save_tiny, tiny_causal_lm
+    tok = byte_tokenizer(chat=True)
+    tok.chat_template = "{% if tools %}<|system|>tools:{% for t in tools %}{{ t['name'] }};{% endfor %}</s>" \
+                        "{% endif %}" + CHAT_TEMPLATE
+    model_dir = save_tiny(tmp_path / "chat", tiny_causal_lm(tok, hidden=32, layers=1, heads=2, seed=1), tok)
+    b = backend_of(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir))
+
+    class WithTools(Counting):
+        def reset(self, *, seed=None, options=None):
+            obs, _ = Counting.reset(self, seed=seed, options=options)
+            return obs, {"tools": [{"name": "add"}, {"name": "mul"}]}
+
+    cfg = _cfg(model_dir, **{"rollout.max_new_tokens": 3})
+    ep = run_episodes(b, _examples(cfg, b.tokenizer), WithTools, cfg, torch.Generator().manual_seed(0), 1)
+    ro = ep.rollout
+    assert b.tokenizer.decode(ro.prompt_ids[0][ro.prompt_mask[0].bool()]) == \
+        "<|system|>tools:add;mul;</s><|user|>1+1=</s><|assistant|>"
+    assert ep.stats.turns == 12 and ep.valid.all()
+    with pytest.raises(EnvError, match="reset's info names tools, but prompts are not formatted with a chat template"):
+        run_episodes(backend, _examples(_cfg(tiny_model_dir), backend.tokenizer), WithTools, _cfg(tiny_model_dir),
+                     None, 1)
