@@ -11,7 +11,9 @@ columns})`` with the dataset row's columns; ``seed`` is derived from (train.seed
 generation), so two processes sample what one does and a resumed run what an uninterrupted one did.
 
 * ``reset``'s observation starts the conversation: a string (the first user message) or a list of chat messages
-  (dicts with ``role`` and ``content``). It replaces the dataset prompt as what the model sees.
+  (dicts with ``role`` and ``content``). It replaces the dataset prompt as what the model sees. ``info["tools"]``
+  (optional: tool schemas or functions) is passed to the chat template (``apply_chat_template(tools=...)``) for
+  the whole episode.
 * ``action`` is the text of the model's turn (special tokens and a stop string removed).
 * ``step``'s observation is the environment's reply: a string (a user message), a chat message dict (e.g.
   ``{"role": "tool", "content": ...}``), a list of such dicts, or ``None``; it is not shown to the model once the

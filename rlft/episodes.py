@@ -6,10 +6,11 @@ prompt (the context is prefilled again each turn: no KV cache is carried between
 episode's ``step`` is called with the text of its turn (`rlft.env.call_all`: async environments concurrently, plain
 ones in threads), and the reply is tokenised and appended:
 
-* with a chat template (model.chat_template auto/on and the tokenizer has one): the conversation is rendered with
-  the model's turn replaced by a marker, and the text after the marker -- the turn's closing, the reply, the
-  generation prompt of the next turn -- is tokenised; the turn's closing is left out where the model already wrote
-  it (its EOS token). The context is thus exactly the tokens the model drew plus the template's own;
+* with a chat template (model.chat_template auto/on and the tokenizer has one; reset's ``info["tools"]`` as its
+  ``tools``): the conversation is rendered with the model's turn replaced by a marker, and the text after the
+  marker -- the turn's closing, the reply, the generation prompt of the next turn -- is tokenised; the turn's
+  closing is left out where the model already wrote it (its EOS token). The context is thus exactly the tokens the
+  model drew plus the template's own;
 * without one: the reply's text, tokenised and appended as it is (write separators, e.g. a newline, yourself).
 
 The result is ONE `Rollout` per step: ``completion_ids`` holds everything after the first observation (model
