@@ -124,6 +124,16 @@ def test_guess_number_loses_and_reminds():
     assert env.step("9")[:3] == (None, 1.0, True)                      # a first-guess hit
 
 
+def test_guess_number_show_range():
+    env = GuessNumberEnv(1, 16, 6, show_range=True)
+    env.reset(options={"row": {"secret": 11}})
+    assert [env.step(g)[0] for g in ("8", "12", "x", "10")] == [
+        "Higher. It is from 9 to 16. 5 guesses left.", "Lower. It is from 9 to 11. 4 guesses left.",
+        "Please answer with one whole number from 1 to 16. It is from 9 to 11. 3 guesses left.",
+        "Higher. It is from 11 to 11. 2 guesses left."]
+    assert env.step("11")[:3] == (None, 1 - 4 / 6, True)
+
+
 def test_guess_number_secret_from_seed_and_bad_rows():
     secrets = {GuessNumberEnv().reset(seed=s, options={"row": {}})[1]["secret"] for s in range(40)}
     assert secrets <= set(range(1, 17)) and len(secrets) > 8

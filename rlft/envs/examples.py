@@ -55,12 +55,13 @@ def calculator_demos(rows: list[dict]) -> list[dict]:
     return out
 
 
-def guess_demos(rows: list[dict], rng: random.Random, low: int = 1, high: int = 16, max_guesses: int = 6):
+def guess_demos(rows: list[dict], rng: random.Random, low: int = 1, high: int = 16, max_guesses: int = 6,
+                show_range: bool = True):
     """Games of a sloppy bisecting player -- the middle of what the replies so far allow, give or take up to 3 (kept
     inside it) -- one row per guess."""
     out = []
     for r in rows:
-        env = guess_number.GuessNumberEnv(low, high, max_guesses)
+        env = guess_number.GuessNumberEnv(low, high, max_guesses, show_range)
         obs, _ = env.reset(options={"row": r})
         msgs, lo, hi = [{"role": "user", "content": obs}], low, high
         while True:
@@ -135,7 +136,7 @@ EXAMPLES = {  # tiny model, warm start and RL schedule of each worked example
                        env=dict(max_turns=3, max_tokens=160)),
     "guess_number": dict(hidden=64, vocab=300, sft=dict(steps=300, lr=3e-3, batch_size=32),
                          rl=dict(steps=60, lr=5e-4, prompts=8, group=8), max_new_tokens=4,
-                         env=dict(max_turns=6, max_tokens=120)),
+                         env=dict(max_turns=6, max_tokens=200, args=dict(show_range=True))),
     "code_repair": dict(hidden=96, vocab=400, sft=dict(steps=400, lr=3e-3, batch_size=32),
                         rl=dict(steps=30, lr=5e-4, prompts=8, group=4), max_new_tokens=40,
                         env=dict(max_turns=2, max_tokens=160, args=dict(max_attempts=2))),
@@ -168,7 +169,7 @@ def _texts(folder: Path) -> list[str]:
     for line in (folder / "warm.jsonl").read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         out += [m["content"] for m in r["prompt"]] + [r["reference"]]
-    return out + ["Higher. Lower. guesses left. Please answer with one whole number"]
+    return out + ["Higher. Lower. It is from 1 to 16. guesses left. Please answer with one whole number"]
 
 
 def run_example(name: str, out: str | Path, seed: int = 0) -> dict:

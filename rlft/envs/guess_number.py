@@ -6,6 +6,8 @@ same ones), else drawn from ``reset``'s seed. A turn's guess is the first whole 
 costs a guess and is answered with a reminder. Reward, on the last turn: ``1 - (k - 1) / max_guesses`` when the
 k-th guess finds the number (1 for a first-guess hit, down to ``1 / max_guesses``), 0 when no guess did
 (terminated either way: the game is over). Binary search needs at most ceil(log2(high - low + 1)) guesses.
+With ``show_range`` the user also says what is left ("Higher. It is from 9 to 16."), so a player need not keep
+track of the replies itself.
 Write a dataset with ``python -m rlft.envs write guess_number data/guess_number``.
 """
 
@@ -34,12 +36,13 @@ def rows(n: int, seed: int = 0, low: int = 1, high: int = 16, max_guesses: int =
 class GuessNumberEnv:
     """Guess-the-number against a scripted user (see the module's docstring)."""
 
-    def __init__(self, low: int = 1, high: int = 16, max_guesses: int = 6):
+    def __init__(self, low: int = 1, high: int = 16, max_guesses: int = 6, show_range: bool = False):
         if not low < high or max_guesses < 1:
             raise ValueError(f"guess_number: needs low < high and max_guesses >= 1 (got low={low}, high={high}, "
                              f"max_guesses={max_guesses})")
-        self.low, self.high, self.max_guesses = low, high, max_guesses
+        self.low, self.high, self.max_guesses, self.show_range = low, high, max_guesses, show_range
         self.secret, self.guesses = low, 0
+        self.left = (low, high)   # what the replies so far allow
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         row = (options or {}).get("row") or {}
@@ -49,7 +52,7 @@ class GuessNumberEnv:
         if isinstance(secret, bool) or not isinstance(secret, int) or not self.low <= secret <= self.high:
             raise ValueError(f"guess_number: the row's secret must be a whole number in [{self.low}, {self.high}], "
                              f"got {secret!r}")
-        self.secret, self.guesses = secret, 0
+        self.secret, self.guesses, self.left = secret, 0, (self.low, self.high)
         return opening(self.low, self.high, self.max_guesses), {"secret": secret}
 
     def step(self, action: str):
@@ -62,8 +65,13 @@ class GuessNumberEnv:
         if self.guesses >= self.max_guesses:
             return None, 0.0, True, False, info
         left = self.max_guesses - self.guesses
+        lo, hi = self.left
         if guess is None:
             reply = f"Please answer with one whole number from {self.low} to {self.high}."
         else:
             reply = "Higher." if guess < self.secret else "Lower."
+            lo, hi = (max(lo, guess + 1), hi) if guess < self.secret else (lo, min(hi, guess - 1))
+            self.left = (lo, hi)
+        if self.show_range:
+            reply += f" It is from {lo} to {hi}."
         return f"{reply} {left} guess{'es' if left > 1 else ''} left.", 0.0, False, False, info
