@@ -59,7 +59,9 @@ class Graphs:
             out = self.fn(b)  # the real step, and the warm-up before the capture
             side.synchronize()  # nothing of the warm-up still in flight when the capture starts
             graph = torch.cuda.CUDAGraph()
-            graph.capture_begin(pool=self.pool)
+            # thread_local: rewards.overlap may score finished rows in another thread (a reward model on this GPU)
+            # while a smaller bucket is recorded; only this thread's calls are checked against the capture
+            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
             try:
                 static = self.fn(b)  # recorded, not run: it advances the buffers on every replay
             except Exception as e:
