@@ -1,6 +1,6 @@
 """rlft against TRL's GRPOTrainer on one CUDA GPU, and rlft's sampler against the memory-bound floor (issue 14).
 
-    python benchmarks/gpu.py            # the two GPU jobs below, rlft and TRL alternating (~10 min on an H200)
+    python benchmarks/gpu.py            # the two jobs below, rlft and TRL alternating (~8 min on an H200, estimated)
     python benchmarks/gpu.py --tiny     # a tiny model, 2 steps, on whatever device there is (CPU in CI)
 
 The jobs: a randomly initialised Qwen2 of 0.39B parameters (hidden 896, 24 layers, 14 heads / 2 KV heads,
@@ -237,7 +237,7 @@ def _generate(model, tok, ids, mask, n: int):
                               max_new_tokens=n, min_new_tokens=n, pad_token_id=tok.pad_token_id, eos_token_id=None)
 
 
-def _per_step(run, tokens: int, device: str, repeats: int = 3) -> tuple[float, float]:
+def _per_step(run, tokens: int, device: str, repeats: int = 2) -> tuple[float, float]:
     """(ms per decode step: the slope between rollouts of ``tokens`` and ``tokens // 2`` new tokens, which cancels
     the prefill and per-rollout costs; ms per whole rollout of ``tokens``). Best of ``repeats`` after a warm-up."""
     def timed(n):
