@@ -167,7 +167,8 @@ class FSDP(Causal):
     skip_zero_advantage = False  # every rank must run as many forward / backward passes
 
     def __init__(self, model, tokenizer, eos_ids, cfg, *, engine: str = "rlft"):
-        super().__init__(model, tokenizer, eos_ids, engine=engine, device=compute_device(cfg))
+        super().__init__(model, tokenizer, eos_ids, engine=engine, device=compute_device(cfg),
+                         decode=cfg.rollout.decode)
         self.cfg = cfg
 
     def with_model(self, model) -> FSDP:
