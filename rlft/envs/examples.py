@@ -131,13 +131,13 @@ def write_data(name: str, folder: str | Path, seed: int = 0) -> list[Path]:
 # ------------------------------------------------------------------------------------ worked examples
 
 EXAMPLES = {  # tiny model, warm start and RL schedule of each worked example
-    "calculator": dict(hidden=96, vocab=400, sft=dict(steps=800, lr=3e-3, batch_size=32),
-                       rl=dict(steps=40, lr=5e-4, prompts=8, group=8), max_new_tokens=40,
+    "calculator": dict(hidden=96, vocab=400, sft=dict(steps=400, lr=3e-3, batch_size=32),
+                       rl=dict(steps=40, lr=1e-3, prompts=8, group=8), max_new_tokens=40,
                        env=dict(max_turns=3, max_tokens=160)),
     "guess_number": dict(hidden=64, vocab=300, sft=dict(steps=300, lr=3e-3, batch_size=32),
-                         rl=dict(steps=60, lr=5e-4, prompts=8, group=8), max_new_tokens=4,
+                         rl=dict(steps=80, lr=1e-3, prompts=8, group=8), max_new_tokens=4,
                          env=dict(max_turns=6, max_tokens=200, args=dict(show_range=True))),
-    "code_repair": dict(hidden=96, vocab=400, sft=dict(steps=400, lr=3e-3, batch_size=32),
+    "code_repair": dict(hidden=96, vocab=400, sft=dict(steps=200, lr=3e-3, batch_size=32),
                         rl=dict(steps=30, lr=5e-4, prompts=8, group=4), max_new_tokens=40,
                         env=dict(max_turns=2, max_tokens=160, args=dict(max_attempts=2))),
 }
