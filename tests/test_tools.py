@@ -311,13 +311,16 @@ def test_chat_template_renders_tools():
     assert tok.apply_chat_template(msgs[1:2], tokenize=False) == "<|user|>2+3?</s>"   # no tools: plain
 
 
-def test_tools_in_prompt():
-    """tools_in_prompt: the first observation describes the tools as Qwen 2.5's template does (a string prompt gets
-    them before it; chat messages in the system message)."""
+def test_describe_tools():
+    """describe_tools: template (info["tools"] for the chat template), prompt (the first observation describes the
+    tools as Qwen 2.5's template does: before a string prompt, or in the system message), none."""
     schema = json.dumps(Toolbox([add]).schemas()[0])
-    env = Adder(tools_in_prompt=True)
-    obs, info = env.reset(options={"row": {"prompt": "2+3?", "expected": 5}})
-    assert obs == TOOLS_PROMPT.format(schemas=schema) + "\n\n2+3?" and info["tools"][0]["function"]["name"] == "add"
+    row = {"prompt": "2+3?", "expected": 5}
+    assert Adder().reset(options={"row": row}) == ("2+3?", {"tools": Toolbox([add]).schemas()})   # the default
+    assert Adder(describe_tools="none").reset(options={"row": row}) == ("2+3?", {})
+    env = Adder(describe_tools="prompt")
+    obs, info = env.reset(options={"row": row})
+    assert obs == TOOLS_PROMPT.format(schemas=schema) + "\n\n2+3?" and info == {}
     assert "<tools>\n" + schema + "\n</tools>" in obs and '{"name": <function-name>, "arguments"' in obs
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+3?"}]
     obs, _ = env.reset(options={"row": {"prompt": chat, "expected": 5}})
@@ -325,4 +328,5 @@ def test_tools_in_prompt():
     assert obs[1:] == chat[1:] and chat[0]["content"] == "Be brief."          # the row is not changed
     obs, _ = env.reset(options={"row": {"prompt": chat[1:], "expected": 5}})
     assert [m["role"] for m in obs] == ["system", "user"]
-    assert Adder().reset(options={"row": {"prompt": "2+3?"}})[0] == "2+3?"     # off by default
+    with pytest.raises(ValueError, match="describe_tools must be one of template, prompt, none, got 'yes'"):
+        Adder(describe_tools="yes")

@@ -5,8 +5,8 @@ model may call ``calculator(expression)`` (rlft.envs.tools.calculator: exact ari
 answers in a turn without a tool call. Reward, on that final turn: 1 when the last number in the answer equals the
 exact result (and, with ``require_tool`` -- the default -- the calculator returned that number in this episode: a
 lucky guess earns nothing), else 0. ``tool_bonus`` (default 0) adds a shaping reward on the first tool turn whose
-calls all ran without error. ``tools_in_prompt`` (ToolEnv's) writes the tool's description into the first
-observation. Rows: ``prompt`` (the problem and how to answer), ``expression``, ``answer`` (the exact integer).
+calls all ran without error. ``describe_tools`` (ToolEnv's: template, prompt or none) says how the tool is described
+to the model. Rows: ``prompt`` (the problem and how to answer), ``expression``, ``answer`` (the exact integer).
 Write a dataset with ``python -m rlft.envs write calculator data/calculator``.
 """
 

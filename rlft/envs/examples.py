@@ -3,10 +3,11 @@
     python -m rlft.envs write calculator data/calculator        # train.jsonl, eval.jsonl, warm.jsonl
     python -m rlft.envs example guess_number runs/ex-guess [--write-docs]
 
-``write`` writes the environment's rows (``train.jsonl``, ``eval.jsonl``) and ``warm.jsonl``: scripted
-demonstrations, one row per model turn (``prompt`` = the conversation so far as chat messages, ``reference`` = the
-turn), for a supervised warm start (``rlft sft``). ``example`` writes them, builds a tiny chat Llama and a
-byte-level BPE tokenizer learnt from the data, warm-starts it on the demonstrations (``sft.steps``, the
+``write`` writes the environment's rows (``train.jsonl``, ``eval.jsonl``; for code_repair the toy bug-fixing rows of
+its worked example, `toy_bugfix_rows` -- its config reads the shipped data/code/bugfix.jsonl) and ``warm.jsonl``:
+scripted demonstrations, one row per model turn (``prompt`` = the conversation so far as chat messages,
+``reference`` = the turn), for a supervised warm start (``rlft sft``). ``example`` writes them, builds a tiny chat
+Llama and a byte-level BPE tokenizer learnt from the data, warm-starts it on the demonstrations (``sft.steps``, the
 environment not involved), then trains it with RL in the environment (``env.cls``); the run's greedy evaluation
 episodes at step 0 (the warm start) and at the last step give the before -> after figures, written to
 ``OUT/example.json`` -- and with ``--write-docs`` to docs/environments.json and the page's output block for that
@@ -133,7 +134,7 @@ def write_data(name: str, folder: str | Path, seed: int = 0) -> list[Path]:
 EXAMPLES = {  # tiny model, warm start and RL schedule of each worked example
     "calculator": dict(hidden=96, vocab=400, sft=dict(steps=400, lr=3e-3, batch_size=32),
                        rl=dict(steps=40, lr=1e-3, prompts=8, group=8), max_new_tokens=40,
-                       env=dict(max_turns=3, max_tokens=160)),
+                       env=dict(max_turns=3, max_tokens=160, args=dict(describe_tools="none"))),
     "guess_number": dict(hidden=64, vocab=300, sft=dict(steps=300, lr=3e-3, batch_size=32),
                          rl=dict(steps=80, lr=1e-3, prompts=8, group=8), max_new_tokens=4,
                          env=dict(max_turns=6, max_tokens=200, args=dict(show_range=True))),

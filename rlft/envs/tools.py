@@ -508,6 +508,9 @@ def python_tool(timeout_s: float = 5.0, memory_mb: int = 512, use_bwrap: bool | 
 
 # ------------------------------------------------------------------------------------------- the base class
 
+DESCRIBE = ("template", "prompt", "none")
+
+
 class ToolEnv:
     """An environment where the model may call tools before it answers -- subclass it and write two methods:
 
@@ -523,17 +526,22 @@ class ToolEnv:
     A turn with tool calls is answered with one ``tool`` message per call (errors included); a turn without any
     is the answer: ``answer(text)`` is its reward and the episode ends (terminated). ``max_tool_turns`` (None: no
     limit but env.max_turns) ends a model that never answers (truncated, reward 0). ``tool_reward`` (override)
-    gives a reward for a tool turn (default 0). ``reset``'s info carries ``tools``: the tools' schemas;
-    ``tools_in_prompt`` also writes them into the first observation (`with_tools`: the system prompt Qwen 2.5's
-    template writes), so a model sees them whatever the rollout does with ``info``."""
+    gives a reward for a tool turn (default 0). ``describe_tools``: how the model learns what the tools are --
+    ``template`` (default): ``reset``'s info carries their schemas under ``tools``, which the rollout passes to the
+    chat template (``apply_chat_template(tools=...)``; it needs a chat template); ``prompt``: the first observation
+    describes them itself (`with_tools`: the words of Qwen 2.5's template), for any tokenizer; ``none``: not at all
+    (a model that learnt the calls from demonstrations)."""
 
     tools: list[Callable] = []
     formats: tuple = FORMATS
 
     def __init__(self, *, tools: list[Callable] | None = None, tool_timeout_s: float = 10.0,
-                 max_tool_turns: int | None = None, tools_in_prompt: bool = False):
+                 max_tool_turns: int | None = None, describe_tools: str = "template"):
+        if describe_tools not in DESCRIBE:
+            raise ValueError(f"{type(self).__name__}: describe_tools must be one of {', '.join(DESCRIBE)}, got "
+                             f"{describe_tools!r}")
         self.toolbox = Toolbox(list(self.tools if tools is None else tools), timeout_s=tool_timeout_s)
-        self.max_tool_turns, self.tools_in_prompt = max_tool_turns, tools_in_prompt
+        self.max_tool_turns, self.describe_tools = max_tool_turns, describe_tools
         self.row: dict = {}
         self.turn = self.tool_turns = self.tool_errors = 0
         self.results: list[dict] = []     # every tool message of the episode, in order
@@ -553,9 +561,10 @@ class ToolEnv:
         self.seed = seed
         self.turn = self.tool_turns = self.tool_errors = 0
         self.results = []
-        obs = self.prompt(self.row)
-        return (with_tools(obs, self.toolbox.schemas()) if self.tools_in_prompt else obs), \
-            {"tools": self.toolbox.schemas()}
+        obs, schemas = self.prompt(self.row), self.toolbox.schemas()
+        if self.describe_tools == "prompt":
+            return with_tools(obs, schemas), {}
+        return obs, ({"tools": schemas} if self.describe_tools == "template" else {})
 
     def step(self, action: str):
         self.turn += 1
