@@ -132,7 +132,7 @@ def write_data(name: str, folder: str | Path, seed: int = 0) -> list[Path]:
 # ------------------------------------------------------------------------------------ worked examples
 
 EXAMPLES = {  # tiny model, warm start and RL schedule of each worked example
-    "calculator": dict(hidden=96, vocab=400, sft=dict(steps=400, lr=3e-3, batch_size=32),
+    "calculator": dict(hidden=96, vocab=400, sft=dict(steps=800, lr=3e-3, batch_size=32),
                        rl=dict(steps=40, lr=1e-3, prompts=8, group=8), max_new_tokens=40,
                        env=dict(max_turns=3, max_tokens=160, args=dict(describe_tools="none"))),
     "guess_number": dict(hidden=64, vocab=300, sft=dict(steps=300, lr=3e-3, batch_size=32),
