@@ -39,9 +39,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import ConfigError, RunError
+from .loading import load_object
 
 REGISTRY: dict[str, Callable] = {}
 
@@ -83,26 +83,7 @@ def resolve(spec: str | Callable) -> Callable:
         raise ConfigError(f"env.cls={spec!r} is not a registered environment{hint} (registered: "
                           f"{', '.join(sorted(REGISTRY)) or 'none'}; or 'package.module:Class' or "
                           f"'path/to/file.py:Class')")
-    target, _, attr = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise ConfigError(f"env.cls={spec!r}: file {path} does not exist")
-        mod_spec = importlib.util.spec_from_file_location(f"rlft_user_env_{path.stem}", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001 -- the user's file: say which one failed and how
-            raise ConfigError(f"env.cls={spec!r}: importing {path} failed: {type(e).__name__}: {e}") from e
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise ConfigError(f"env.cls={spec!r}: cannot import module {target!r} ({e})") from e
-    cls = getattr(module, attr, None)
-    if not callable(cls):
-        raise ConfigError(f"env.cls={spec!r}: {target} has no class or callable {attr!r}")
-    return cls
+    return load_object(spec, f"env.cls={spec!r}", kind="class or callable", error=ConfigError)
 
 
 def name_of(factory) -> str:

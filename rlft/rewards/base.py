@@ -26,18 +26,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import difflib
-import importlib
-import importlib.util
 import inspect
 import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RewardError  # noqa: F401 -- RewardError is raised here, importable from here
+from ..loading import load_object
 
 RewardFn = Callable[..., list]
 
@@ -90,23 +88,7 @@ def resolve(spec: str | Callable) -> RewardFn:
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ValueError(f"unknown reward {spec!r}{hint} (built-in names: {', '.join(sorted(REGISTRY))}; or "
                          f"'package.module:function' or 'path/to/file.py:function')")
-    target, _, attr = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise ValueError(f"reward {spec!r}: file {path} does not exist")
-        mod_spec = importlib.util.spec_from_file_location(f"rlft_user_reward_{path.stem}", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise ValueError(f"reward {spec!r}: cannot import module {target!r} ({e})") from e
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"reward {spec!r}: {target} has no callable {attr!r}")
-    return fn
+    return load_object(spec, f"reward {spec!r}")
 
 
 # --------------------------------------------------------------------------------- the calling convention
