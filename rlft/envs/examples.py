@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from ..config import Config
+from ..tasks.code import BUGFIX_PROMPT
 from . import calculator, guess_number
 from .code_repair import feedback
 from .tools import TOOL_CHAT_TEMPLATE
@@ -79,8 +80,6 @@ def guess_demos(rows: list[dict], rng: random.Random, low: int = 1, high: int = 
 def toy_bugfix_rows(n: int, seed: int = 0) -> list[dict]:
     """Bug-fixing rows small enough for a tiny model: ``f(x) = a * x + b`` with ``b`` off by one; the prompt shows
     the buggy function and a failing test (rlft.tasks.code's BUGFIX_PROMPT), the tests check three values."""
-    from ..tasks.code import BUGFIX_PROMPT
-
     rng, rows = random.Random(seed), []
     for _ in range(n):
         a, b = rng.randint(2, 9), rng.randint(1, 8)
