@@ -36,7 +36,7 @@ import torch
 from .config import Config
 from .env import EnvError, Where, call_all, check_methods, check_reset, check_step, episode_seed, name_of
 from .errors import ConfigError
-from .policy import encode_prompt, format_prompt, left_pad
+from .policy import encode_prompt, format_prompt, left_pad, uses_chat_template
 from .rewards import Reward, RewardResult, compute
 from .sampling import Rollout, SamplingParams
 from .step import Example, Scores, reward_columns
@@ -182,16 +182,10 @@ def _tools(info: dict, where: Where) -> list | None:
     return tools or None
 
 
-def uses_template(tok, cfg: Config) -> bool:
-    """Whether prompts and replies go through the chat template (as `rlft.policy.format_prompt` decides)."""
-    has = getattr(tok, "chat_template", None) is not None
-    return cfg.model.chat_template == "on" or (cfg.model.chat_template == "auto" and has)
-
-
 def _prompt(tok, e: _Episode, obs, messages: list[dict], cfg: Config) -> None:
     """The first observation as the model sees it: formatted and encoded as a dataset prompt would be (the same
     tokens when it is the same text), data.max_prompt_tokens applied."""
-    d, templated = cfg.data, uses_template(tok, cfg)
+    d, templated = cfg.data, uses_chat_template(tok, cfg.model.chat_template)
     if not templated and (not isinstance(obs, str) or e.tools):
         what = "reset returned chat messages" if not isinstance(obs, str) else "reset's info names tools"
         raise EnvError(f"{e.where.at(None)}: {what}, but prompts are not formatted with a chat template (the "
@@ -199,11 +193,8 @@ def _prompt(tok, e: _Episode, obs, messages: list[dict], cfg: Config) -> None:
     if templated and d.system and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": d.system}] + messages
     try:
-        if e.tools:  # as format_prompt, with the tools
-            text = tok.apply_chat_template(messages, tools=e.tools, tokenize=False, add_generation_prompt=True)
-        else:
-            text = format_prompt(tok, obs if isinstance(obs, str) else messages,
-                                 chat_template=cfg.model.chat_template, system=d.system)
+        text = format_prompt(tok, messages if e.tools or not isinstance(obs, str) else obs,
+                             chat_template=cfg.model.chat_template, system=d.system, tools=e.tools)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 -- a chat template that cannot render what the environment gave
@@ -273,7 +264,7 @@ def _env_turn(tok, live: list[_Episode], cfg: Config, turn: int) -> float:
 def _reply_ids(tok, e: _Episode, reply: list[dict], cfg: Config, turn: int) -> list[int]:
     """The reply's tokens: through the chat template (the text after the model's turn, with the closing the model
     already wrote left out, up to the next turn's generation prompt), else its text as it is."""
-    if not uses_template(tok, cfg):
+    if not uses_chat_template(tok, cfg.model.chat_template):
         return [t for m in reply for t in tok(m["content"], add_special_tokens=False)["input_ids"]]
     convo = e.messages[:-1] + [{"role": "assistant", "content": MARK}] + list(reply)
     try:

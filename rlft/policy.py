@@ -113,13 +113,19 @@ def eos_ids(tokenizer, model) -> list[int]:
     return ids
 
 
-def format_prompt(tokenizer, text_or_messages, *, chat_template: str = "auto", system: str = "") -> str:
-    """The prompt as the model sees it: through the chat template for chat models, else as given."""
+def uses_chat_template(tokenizer, chat_template: str = "auto") -> bool:
+    """Whether prompts go through the tokenizer's chat template (``model.chat_template``: auto, on, off)."""
     has_template = getattr(tokenizer, "chat_template", None) is not None
-    use = chat_template == "on" or (chat_template == "auto" and has_template)
-    if chat_template == "on" and not has_template:
+    return chat_template == "on" or (chat_template == "auto" and has_template)
+
+
+def format_prompt(tokenizer, text_or_messages, *, chat_template: str = "auto", system: str = "",
+                  tools: list | None = None) -> str:
+    """The prompt as the model sees it: through the chat template for chat models (with ``tools`` offered to the
+    model, when given), else as given."""
+    if chat_template == "on" and getattr(tokenizer, "chat_template", None) is None:
         raise ConfigError("model.chat_template=on but the tokenizer has no chat template")
-    if not use:
+    if not uses_chat_template(tokenizer, chat_template):
         if not isinstance(text_or_messages, str):
             raise ConfigError("a prompt is a list of chat messages but the tokenizer has no chat template")
         return text_or_messages
@@ -128,7 +134,7 @@ def format_prompt(tokenizer, text_or_messages, *, chat_template: str = "auto", s
         messages = [{"role": "user", "content": messages}]
     if system and not any(m.get("role") == "system" for m in messages):
         messages = [{"role": "system", "content": system}] + list(messages)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
 
 
 def encode_prompt(tokenizer, text: str, add_bos: str = "auto", *, encoder: bool = False) -> list[int]:
