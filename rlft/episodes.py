@@ -37,9 +37,9 @@ from .config import Config
 from .env import EnvError, Where, call_all, check_methods, check_reset, check_step, episode_seed, name_of
 from .errors import ConfigError
 from .policy import encode_prompt, format_prompt, left_pad, uses_chat_template
-from .rewards import Reward, RewardResult, compute
+from .rewards import Reward, RewardResult
 from .sampling import Rollout, SamplingParams
-from .step import Example, Scores, reward_columns
+from .step import Example, Scores, run_rewards
 
 MARK = "<<rlft:turn>>"  # stands for the model's turn when the chat template renders the environment's reply
 EVAL_STEP = -1          # the step in evaluation episodes' seeds: the same environments at every evaluation
@@ -307,16 +307,12 @@ def score_episodes(rewards: list[Reward], examples: list[Example], ep: Episodes,
     """The episodes' rewards: each turn's environment reward on its last token, plus the reward functions' (if
     any) on the LAST model turn -- they see ``completions`` = the last turn's text, ``completion_ids`` its tokens,
     ``prompts`` the dataset prompts and ``conversation`` the whole conversation (chat messages). ``kw``:
-    `rlft.rewards.compute`'s on_error / group_size / normalize (else the config's)."""
+    `rlft.step.run_rewards`' on_error / group_size / normalize (else the config's)."""
     ro, n = ep.rollout, len(examples)
     ids = [row[s:e] for row, (s, e) in zip(ro.completion_ids.tolist(), ep.last)]
     if rewards:
-        r = cfg.rewards
-        cols = {**reward_columns(examples, cfg), "conversation": ro.turns}
-        result = compute(rewards, [x.prompt for x in examples], ro.completions, [len(x) for x in ids], cols,
-                         step=step, on_error=kw.get("on_error") or r.on_error,
-                         group_size=kw.get("group_size") or cfg.rollout.num_generations,
-                         normalize=kw.get("normalize") or r.normalize, completion_ids=ids)
+        result = run_rewards(rewards, examples, ro.completions, ids, cfg, step=step,
+                             columns={"conversation": ro.turns}, **kw)
     else:
         result = RewardResult([[0.0] * len(x) for x in ids], {}, [False] * n)
     dense = ep.env_rewards.clone()

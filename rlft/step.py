@@ -166,11 +166,13 @@ def reward_columns(examples: list[Example], cfg: Config) -> dict[str, list]:
 
 def run_rewards(rewards: list[Reward], examples: list[Example], completions: list[str],
                 completion_ids: list[list[int]], cfg: Config, *, step: int = 0, on_error: str | None = None,
-                group_size: int | None = None, normalize: str | None = None) -> RewardResult:
-    """Every reward on ``completions`` (one per example); the rest as the config says unless given."""
+                group_size: int | None = None, normalize: str | None = None,
+                columns: dict | None = None) -> RewardResult:
+    """Every reward on ``completions`` (one per example); the rest as the config says unless given. ``columns``:
+    more keywords for the rewards besides the dataset's (e.g. an episode's ``conversation``)."""
     r = cfg.rewards
     return compute(rewards, [e.prompt for e in examples], completions, [len(x) for x in completion_ids],
-                   reward_columns(examples, cfg), step=step, on_error=on_error or r.on_error,
+                   {**reward_columns(examples, cfg), **(columns or {})}, step=step, on_error=on_error or r.on_error,
                    group_size=group_size or cfg.rollout.num_generations, normalize=normalize or r.normalize,
                    completion_ids=completion_ids)
 
